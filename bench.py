@@ -1,0 +1,79 @@
+"""`python -m comfyui_zimage_gguf bench`: dequantization speed per GGML type and GGUF opening time.
+
+Every figure is a median of repeated runs; ratios are taken against a same-size fp16 tensor copy
+timed in the same run, because absolute times on shared machines swing between runs.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType, quants as gguf_quants
+
+from .ops import QUANT_TYPES, dequantize
+from .ops.kernels import RANDOM_BLOCKS
+
+
+def _median_seconds(fn, repeat: int) -> float:
+    fn()  # warm-up: builds cached tables, faults pages in
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
+    n_elements = rows * cols
+    baseline_src = torch.randn(n_elements, dtype=torch.float16)
+    copy_s = _median_seconds(lambda: baseline_src.clone(), repeat)
+    out_bytes = n_elements * 2
+    print(f"weight {rows}x{cols} -> float16 ({out_bytes / 1e6:.1f} MB out); torch threads: {torch.get_num_threads()}")
+    print(f"fp16 copy of the same size: {copy_s * 1e3:.2f} ms ({out_bytes / copy_s / 1e9:.2f} GB/s)")
+    header = f"{'type':8} {'ms':>9} {'GB/s':>7} {'x copy':>7} {'numpy ms':>10} {'vs numpy':>9}"
+    print(header)
+    print("-" * len(header))
+    rng = np.random.default_rng(0)
+    results = []
+    for name in type_names:
+        ggml_type = GGMLQuantizationType[name]
+        qt = QUANT_TYPES[ggml_type]
+        n_blocks = n_elements // qt.block_size
+        raw = RANDOM_BLOCKS[ggml_type](n_blocks, rng)
+        data = torch.from_numpy(raw).reshape(-1)
+        seconds = _median_seconds(lambda: dequantize(data, ggml_type, (rows, cols), torch.float16), repeat)
+        numpy_s = _median_seconds(lambda: gguf_quants.dequantize(raw, ggml_type), max(1, repeat // 3))
+        row = {
+            "type": name,
+            "ms": seconds * 1e3,
+            "gbps": out_bytes / seconds / 1e9,
+            "x_copy": seconds / copy_s,
+            "numpy_ms": numpy_s * 1e3,
+            "vs_numpy": numpy_s / seconds,
+        }
+        results.append(row)
+        print(
+            f"{name:8} {row['ms']:9.2f} {row['gbps']:7.2f} {row['x_copy']:7.2f} "
+            f"{row['numpy_ms']:10.1f} {row['vs_numpy']:8.1f}x",
+            flush=True,
+        )
+    ratios = [r["x_copy"] for r in results]
+    if ratios:
+        geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        print(f"geometric mean x copy: {geo:.2f}; worst: {max(ratios):.2f} ({results[ratios.index(max(ratios))]['type']})")
+    return results
+
+
+def run_bench(args) -> int:
+    rows, cols = (int(v) for v in args.shape.lower().split("x"))
+    names = args.types or [t.name for t in QUANT_TYPES]
+    bench_dequant(names, rows, cols, args.repeat)
+    if not args.skip_open:
+        from .bench_open import run_open_bench
+
+        run_open_bench(args.cache_dir)
+    return 0

@@ -1,0 +1,28 @@
+"""Command line: `python -m comfyui_zimage_gguf {bench,inspect,queue} ...` (no ComfyUI needed)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m comfyui_zimage_gguf")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser("bench", help="time dequantization per GGML type and GGUF opening")
+    bench.add_argument("--types", nargs="*", help="GGML type names (default: all)")
+    bench.add_argument("--shape", default="10240x3840", help="weight shape ROWSxCOLS (default 10240x3840)")
+    bench.add_argument("--repeat", type=int, default=7)
+    bench.add_argument("--skip-open", action="store_true", help="skip the Qwen3-4B-shaped open benchmark")
+    bench.add_argument("--cache-dir", default=None, help="where to keep the generated benchmark GGUF")
+
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        from .bench import run_bench
+
+        return run_bench(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""Pure torch + gguf: quant-type table, dequant kernels, quantized tensor, layers, dtype policy.
+
+Nothing here imports ComfyUI at module level.
+"""
+from .dequant import dequantize
+from .quant_types import QUANT_TYPES, FLOAT_TYPES, QuantType, quant_type
+
+__all__ = ["dequantize", "QUANT_TYPES", "FLOAT_TYPES", "QuantType", "quant_type"]

@@ -1,0 +1,3 @@
+"""Placeholder: filled in by the kernel work."""
+KERNELS = {}
+RANDOM_BLOCKS = {}
