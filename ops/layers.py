@@ -1,0 +1,184 @@
+"""Dequantizing layers: weights stay quantized in memory and are dequantized per call.
+
+`make_layer_namespace(base, options)` builds a fresh namespace class whose Linear, Conv1d/2d/3d,
+Embedding, LayerNorm, GroupNorm and RMSNorm subclass the matching classes of `base` — ComfyUI's
+`comfy.ops.manual_cast` inside ComfyUI, or a plain-torch namespace without it. Each call returns
+new classes bound to their own `LayerOptions`, so two models loaded with different settings never
+share state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .tensor import QuantizedTensor
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    # dtype weights are dequantized to before LoRA patches are applied; None: the input's dtype
+    dequant_dtype: torch.dtype | None = None
+
+
+class TorchLayers:
+    """Plain-torch base namespace (used where ComfyUI is absent: tests, CLI)."""
+
+    Linear = torch.nn.Linear
+    Conv1d = torch.nn.Conv1d
+    Conv2d = torch.nn.Conv2d
+    Conv3d = torch.nn.Conv3d
+    Embedding = torch.nn.Embedding
+    LayerNorm = torch.nn.LayerNorm
+    GroupNorm = torch.nn.GroupNorm
+    RMSNorm = torch.nn.RMSNorm
+
+
+def materialize(tensor, dtype: torch.dtype, device) -> torch.Tensor | None:
+    """A plain tensor of `dtype` on `device`: quantized data moves as raw bytes, then dequantizes there."""
+    if tensor is None:
+        return None
+    if isinstance(tensor, QuantizedTensor):
+        raw = tensor.raw
+        if device is not None and raw.device != torch.device(device):
+            raw = raw.to(device, non_blocking=True)
+        from .dequant import dequantize
+
+        return dequantize(raw, tensor.ggml_type, tensor.shape, dtype)
+    return tensor.to(device=device, dtype=dtype)
+
+
+class DequantLayerMixin:
+    """Shared by every dequantizing layer: state-dict loading and weight/bias casting."""
+
+    layer_options: LayerOptions = LayerOptions()
+    comfy_cast_weights = True
+    weight_function: list = []
+    bias_function: list = []
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        found_quantized = False
+        for name in ("weight", "bias"):
+            value = state_dict.get(prefix + name)
+            if isinstance(value, QuantizedTensor):
+                found_quantized = True
+                current = getattr(self, name, None)
+                if current is not None and current.shape != value.shape and current.device.type != "meta":
+                    error_msgs.append(
+                        f"size mismatch for {prefix}{name}: the file holds {list(value.shape)}, "
+                        f"the model expects {list(current.shape)}"
+                    )
+                    continue
+                setattr(self, name, torch.nn.Parameter(value, requires_grad=False))
+        if not found_quantized:
+            return super()._load_from_state_dict(
+                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+            )
+        for key in state_dict:
+            if key.startswith(prefix) and key[len(prefix):] not in ("weight", "bias"):
+                if "." not in key[len(prefix):]:
+                    unexpected_keys.append(key)
+        if getattr(self, "weight", None) is None:
+            missing_keys.append(prefix + "weight")
+
+    def cast_weight_bias(self, input: torch.Tensor, dtype: torch.dtype | None = None):
+        """Dequantized (and LoRA-patched) weight and bias in the input's dtype, on its device."""
+        compute_dtype = dtype or input.dtype
+        if not compute_dtype.is_floating_point:
+            compute_dtype = self._float_dtype()
+        patch_dtype = self.layer_options.dequant_dtype or compute_dtype
+        weight = materialize(self.weight, patch_dtype, input.device)
+        for fn in self.weight_function:
+            weight = fn(weight)
+        bias = materialize(getattr(self, "bias", None), patch_dtype, input.device)
+        if bias is not None:
+            for fn in self.bias_function:
+                bias = fn(bias)
+            bias = bias.to(compute_dtype)
+        return weight.to(compute_dtype), bias
+
+    def _float_dtype(self) -> torch.dtype:
+        return self.weight.dtype if self.weight.dtype.is_floating_point else torch.float32
+
+
+class _DequantLinear(DequantLayerMixin):
+    def forward_comfy_cast_weights(self, input):
+        weight, bias = self.cast_weight_bias(input)
+        return F.linear(input, weight, bias)
+
+
+class _DequantConv(DequantLayerMixin):
+    def forward_comfy_cast_weights(self, input, *args, **kwargs):
+        weight, bias = self.cast_weight_bias(input)
+        return self._conv_forward(input, weight, bias, *args, **kwargs)
+
+
+class _DequantEmbedding(DequantLayerMixin):
+    def forward_comfy_cast_weights(self, input, out_dtype=None):
+        dtype = out_dtype or self._float_dtype()
+        weight = self.weight
+        if isinstance(weight, QuantizedTensor) and not self.weight_function and self.max_norm is None:
+            return _embedding_rows(weight, input, dtype)
+        weight = materialize(weight, self.layer_options.dequant_dtype or dtype, input.device)
+        for fn in self.weight_function:
+            weight = fn(weight)
+        return F.embedding(
+            input, weight.to(dtype), self.padding_idx, self.max_norm, self.norm_type,
+            self.scale_grad_by_freq, self.sparse,
+        )
+
+
+def _embedding_rows(weight: QuantizedTensor, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Look up rows without dequantizing the whole table: GGML rows are independent runs of blocks."""
+    n_rows, row_len = weight.shape
+    rows = weight.raw.view(n_rows, -1).index_select(0, ids.reshape(-1).to(weight.raw.device))
+    rows = rows.to(ids.device, non_blocking=True)
+    from .dequant import dequantize
+
+    return dequantize(rows, weight.ggml_type, (rows.shape[0], row_len), dtype).reshape(*ids.shape, row_len)
+
+
+class _DequantLayerNorm(DequantLayerMixin):
+    def forward_comfy_cast_weights(self, input):
+        weight, bias = (None, None) if self.weight is None else self.cast_weight_bias(input)
+        return F.layer_norm(input, self.normalized_shape, weight, bias, self.eps)
+
+
+class _DequantGroupNorm(DequantLayerMixin):
+    def forward_comfy_cast_weights(self, input):
+        weight, bias = (None, None) if self.weight is None else self.cast_weight_bias(input)
+        return F.group_norm(input, self.num_groups, weight, bias, self.eps)
+
+
+class _DequantRMSNorm(DequantLayerMixin):
+    def forward_comfy_cast_weights(self, input):
+        weight = None if self.weight is None else self.cast_weight_bias(input)[0]
+        return F.rms_norm(input, self.normalized_shape, weight, self.eps)
+
+
+_LAYER_MIXINS = {
+    "Linear": _DequantLinear,
+    "Conv1d": _DequantConv,
+    "Conv2d": _DequantConv,
+    "Conv3d": _DequantConv,
+    "Embedding": _DequantEmbedding,
+    "LayerNorm": _DequantLayerNorm,
+    "GroupNorm": _DequantGroupNorm,
+    "RMSNorm": _DequantRMSNorm,
+}
+
+
+def make_layer_namespace(base=TorchLayers, options: LayerOptions = LayerOptions(), name: str = "GGUFOps"):
+    """A new namespace class with dequantizing versions of `base`'s layers, bound to `options`."""
+    members = {"layer_options": options}
+    for layer_name, mixin in _LAYER_MIXINS.items():
+        base_layer = getattr(base, layer_name, None)
+        if base_layer is None:
+            continue
+        body = {"layer_options": options, "__module__": __name__}
+        if not hasattr(base_layer, "forward_comfy_cast_weights"):
+            # Without ComfyUI nothing routes forward() through the cast path; do it here.
+            body["forward"] = mixin.forward_comfy_cast_weights
+        members[layer_name] = type(layer_name, (mixin, base_layer), body)
+    return type(name, (base,), members)

@@ -1,0 +1,171 @@
+"""QuantizedTensor: a GGML-quantized weight that model code sees as an ordinary float tensor.
+
+It holds the raw GGML blocks (a uint8 tensor, usually a zero-copy view of the file's memory
+map), the GGML type and the logical shape, and reports a float *compute* dtype — never uint8 —
+so code doing `x.to(weight.dtype)` keeps working on every backend (MPS included).
+
+Operations that only move or relabel data (`.to(device)`, `.to(dtype)`, `.clone()`,
+`.detach()`, `copy_` from another quantized tensor, `new_empty`, row-preserving views) keep
+the data quantized. Anything else dequantizes the tensor first and runs on plain floats, so
+unknown uses are correct, just not memory-saving. `nbytes` reports the real (quantized) size,
+which is what ComfyUI's memory planner should budget for.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from gguf import GGMLQuantizationType
+
+from .quant_types import FLOAT_TYPES, quant_type
+
+aten = torch.ops.aten
+
+
+class QuantizedTensor(torch.Tensor):
+    raw: torch.Tensor
+    ggml_type: GGMLQuantizationType
+
+    @staticmethod
+    def __new__(cls, raw: torch.Tensor, ggml_type, shape, dtype: torch.dtype = torch.float16):
+        shape = torch.Size(int(s) for s in shape)
+        ggml_type = GGMLQuantizationType(ggml_type)
+        qt = quant_type(ggml_type)
+        expected = math.prod(shape) // qt.block_size * qt.type_size
+        if raw.dtype != torch.uint8 or raw.numel() != expected or (shape and shape[-1] % qt.block_size):
+            from ..errors import ZImageGGUFError
+
+            raise ZImageGGUFError(
+                f"{ggml_type.name} tensor of shape {list(shape)} needs {expected} bytes "
+                f"(rows a multiple of {qt.block_size}); got {raw.numel()} {raw.dtype} values"
+            )
+        self = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=raw.device, requires_grad=False)
+        self.raw = raw.reshape(-1)
+        self.ggml_type = ggml_type
+        return self
+
+    def __repr__(self, *, tensor_contents=None):
+        return (
+            f"QuantizedTensor({self.ggml_type.name}, shape={list(self.shape)}, dtype={self.dtype}, "
+            f"device={self.device}, {self.raw.numel()} bytes)"
+        )
+
+    @property
+    def is_float_type(self) -> bool:
+        return self.ggml_type in FLOAT_TYPES
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Plain tensor of the logical shape in `dtype` (default: the reported compute dtype)."""
+        from .dequant import dequantize
+
+        return dequantize(self.raw, self.ggml_type, self.shape, dtype or self.dtype)
+
+    def _rewrap(self, raw: torch.Tensor, *, shape=None, dtype: torch.dtype | None = None) -> "QuantizedTensor":
+        return QuantizedTensor(raw, self.ggml_type, self.shape if shape is None else shape, dtype or self.dtype)
+
+    def __reduce_ex__(self, protocol):
+        return (QuantizedTensor, (self.raw, self.ggml_type, tuple(self.shape), self.dtype))
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.nbytes.__get__:
+            return args[0].raw.nbytes
+        if func is torch.Tensor.untyped_storage:
+            return args[0].raw.untyped_storage()
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        handler = _HANDLERS.get(func)
+        if handler is not None:
+            result = handler(*args, **kwargs)
+            if result is not NotImplemented:
+                return result
+        return func(*_dequantize_all(args), **_dequantize_all(kwargs))
+
+
+def _dequantize_all(value):
+    if isinstance(value, QuantizedTensor):
+        return value.dequantize()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_dequantize_all(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _dequantize_all(v) for k, v in value.items()}
+    return value
+
+
+def _alias(self, *args, **kwargs):
+    return self._rewrap(self.raw)
+
+
+def _clone(self, memory_format=None):
+    return self._rewrap(self.raw.clone())
+
+
+def _to_copy(self, dtype=None, layout=None, device=None, pin_memory=None, non_blocking=False, memory_format=None):
+    raw = self.raw
+    if device is not None and torch.device(device) != raw.device:
+        raw = raw.to(device=device, non_blocking=non_blocking)
+    elif pin_memory:
+        raw = raw.pin_memory()
+    else:
+        raw = raw.clone()
+    return self._rewrap(raw, dtype=dtype)
+
+
+def _copy_(self, src, non_blocking=False):
+    if isinstance(src, QuantizedTensor) and src.ggml_type == self.ggml_type and src.shape == self.shape:
+        self.raw.copy_(src.raw, non_blocking=non_blocking)
+        return self
+    from ..errors import ZImageGGUFError
+
+    raise ZImageGGUFError(
+        f"cannot copy {'a ' + src.ggml_type.name if isinstance(src, QuantizedTensor) else 'float'} tensor of shape "
+        f"{list(src.shape)} into a {self.ggml_type.name} GGUF weight of shape {list(self.shape)}; "
+        "quantized weights are only replaced, never overwritten with other data"
+    )
+
+
+def _new_empty(self, size, dtype=None, layout=None, device=None, pin_memory=None):
+    size = torch.Size(size)
+    qt = quant_type(self.ggml_type)
+    wants_float = dtype is not None and dtype != self.dtype
+    if wants_float or not size or size[-1] % qt.block_size:
+        return torch.empty(size, dtype=dtype or self.dtype, device=device or self.device)
+    raw = torch.empty(math.prod(size) // qt.block_size * qt.type_size, dtype=torch.uint8, device=device or self.device)
+    return self._rewrap(raw, shape=size)
+
+
+def _view(self, size):
+    """Views that keep whole rows of blocks (e.g. [3840] <-> [1, 3840]) stay quantized."""
+    size = list(size)
+    if -1 in size:
+        known = math.prod(s for s in size if s != -1)
+        size[size.index(-1)] = self.numel() // max(known, 1)
+    if math.prod(size) == self.numel() and size and size[-1] == self.shape[-1]:
+        return self._rewrap(self.raw, shape=size)
+    return NotImplemented
+
+
+def _is_pinned(self, device=None):
+    return self.raw.is_pinned()
+
+
+def _pin_memory(self, device=None):
+    return self._rewrap(self.raw.pin_memory())
+
+
+_HANDLERS = {
+    aten.detach.default: _alias,
+    aten.alias.default: _alias,
+    aten.clone.default: _clone,
+    aten._to_copy.default: _to_copy,
+    aten.copy_.default: _copy_,
+    aten.new_empty.default: _new_empty,
+    aten.view.default: _view,
+    aten._unsafe_view.default: _view,
+    aten.reshape.default: _view,
+    aten.is_pinned.default: _is_pinned,
+    aten._pin_memory.default: _pin_memory,
+}
