@@ -3,10 +3,6 @@
 Importing this package needs no ComfyUI; the node classes touch ComfyUI only when ComfyUI calls them.
 """
 from .nodes.gguf_reader import load_gguf
-
-try:
-    from .nodes.loaders import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-except ImportError:  # loaders not written yet
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+from .nodes.loaders import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 __all__ = ["load_gguf", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -16,11 +16,19 @@ def main(argv=None) -> int:
     bench.add_argument("--skip-open", action="store_true", help="skip the Qwen3-4B-shaped open benchmark")
     bench.add_argument("--cache-dir", default=None, help="where to keep the generated benchmark GGUF")
 
+    from .queue_cli import add_queue_parser
+
+    add_queue_parser(sub)
+
     args = parser.parse_args(argv)
     if args.command == "bench":
         from .bench import run_bench
 
         return run_bench(args)
+    if args.command == "queue":
+        from .queue_cli import run_queue
+
+        return run_queue(args)
     return 2
 
 
