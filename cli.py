@@ -16,8 +16,10 @@ def main(argv=None) -> int:
     bench.add_argument("--skip-open", action="store_true", help="skip the Qwen3-4B-shaped open benchmark")
     bench.add_argument("--cache-dir", default=None, help="where to keep the generated benchmark GGUF")
 
+    from .inspect_cli import add_inspect_parser
     from .queue_cli import add_queue_parser
 
+    add_inspect_parser(sub)
     add_queue_parser(sub)
 
     args = parser.parse_args(argv)
@@ -25,6 +27,10 @@ def main(argv=None) -> int:
         from .bench import run_bench
 
         return run_bench(args)
+    if args.command == "inspect":
+        from .inspect_cli import run_inspect
+
+        return run_inspect(args)
     if args.command == "queue":
         from .queue_cli import run_queue
 

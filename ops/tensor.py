@@ -20,6 +20,7 @@ from gguf import GGMLQuantizationType
 from .quant_types import FLOAT_TYPES, quant_type
 
 aten = torch.ops.aten
+_NBYTES_DESCRIPTOR = torch.Tensor.nbytes
 
 
 class QuantizedTensor(torch.Tensor):
@@ -68,11 +69,13 @@ class QuantizedTensor(torch.Tensor):
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func is torch.Tensor.nbytes.__get__:
+        if getattr(func, "__self__", None) is _NBYTES_DESCRIPTOR:
             return args[0].raw.nbytes
         if func is torch.Tensor.untyped_storage:
             return args[0].raw.untyped_storage()
-        return super().__torch_function__(func, types, args, kwargs or {})
+        # Unlike the default, never re-wrap plain results (a dequantized tensor) as this class.
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):

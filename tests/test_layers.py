@@ -10,7 +10,7 @@ from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
 
 def quantized(shape, ggml_type=T.Q8_0, seed=0, scale=0.1):
     values = (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
-    raw = torch.from_numpy(quants.quantize(values, ggml_type).reshape(-1).copy())
+    raw = torch.from_numpy(quants.quantize(values, ggml_type).reshape(-1).view(np.uint8).copy())
     return QuantizedTensor(raw, ggml_type, shape, torch.float32)
 
 

@@ -12,7 +12,7 @@ from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
 
 def make(shape=(8, 64), ggml_type=T.Q8_0, dtype=torch.float16, seed=0):
     values = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    raw = torch.from_numpy(quants.quantize(values, ggml_type).reshape(-1).copy())
+    raw = torch.from_numpy(quants.quantize(values, ggml_type).reshape(-1).view(np.uint8).copy())
     return QuantizedTensor(raw, ggml_type, shape, dtype), values
 
 
