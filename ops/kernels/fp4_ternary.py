@@ -1,3 +1,159 @@
-"""Placeholder: filled in by the kernel work."""
-KERNELS = {}
-RANDOM_BLOCKS = {}
+"""Kernels for the ternary types (TQ1_0, TQ2_0) and the FP4 types (MXFP4, NVFP4).
+
+Ternary values q in {-1, 0, 1} (TQ2_0 also stores 2) times an fp16 scale are exact in every
+output dtype, as are NVFP4's e4m3 scale times an FP4 value; MXFP4's power-of-two scale spans
+2^-128..2^127, beyond float16, so its float16 output goes through float32 (see run_chunked).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as T
+
+from .legacy import byte_index, crumb_planes, device_table, fp16_field, random_bytes, random_fp16, run_chunked
+
+ALL_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# --- TQ2_0: qs[64] (four 2-bit values per byte, q + 1), d -----------------------------------
+
+def _fill_tq2_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
+    d = fp16_field(blocks, 64, out.dtype)
+    out.view(-1, 2, 4, 32).copy_(crumb_planes(blocks[:, 0:64]).view(torch.int8) - 1)
+    out.mul_(d)
+
+
+# --- TQ1_0: qs[48] (five base-3 digits per byte), qh[4] (four digits per byte), d -------------
+# A byte holds its digits as a fixed-point fraction of 243: digit k of byte b is the integer
+# part of 3 * (b * 3^k mod 256) / 256. qs bytes 0-31 give elements k*32 + l (k = 0..4), bytes
+# 32-47 elements 160 + k*16 + l, qh bytes elements 240 + k*4 + l (k = 0..3).
+
+
+@device_table
+def _powers_of_three() -> np.ndarray:
+    return np.array([1, 3, 9, 27, 81], dtype=np.uint8).reshape(5, 1)
+
+
+def _fill_tq1_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
+    m = blocks.shape[0]
+    d = fp16_field(blocks, 52, out.dtype)
+    powers = _powers_of_three(blocks.device, torch.uint8)
+    shifted = torch.empty((m, 256), dtype=torch.uint8, device=blocks.device)
+    torch.mul(blocks[:, 0:32].unsqueeze(1), powers, out=shifted[:, 0:160].view(m, 5, 32))
+    torch.mul(blocks[:, 32:48].unsqueeze(1), powers, out=shifted[:, 160:240].view(m, 5, 16))
+    torch.mul(blocks[:, 48:52].unsqueeze(1), powers[:4], out=shifted[:, 240:256].view(m, 4, 4))
+    # digit - 1 = floor((3x - 256) / 256), in int16 because 3x needs ten bits.
+    q = shifted.to(torch.int16).mul_(3).sub_(256).bitwise_right_shift_(8)
+    out.copy_(q)
+    out.mul_(d)
+
+
+# --- FP4 (E2M1) values, doubled so that they are integers: 0 1 2 3 4 6 8 12 and negatives ----
+
+def _e2m1_doubled(nibbles: torch.Tensor) -> torch.Tensor:
+    """uint8 nibbles (sign bit 3, exponent bits 2-1, mantissa bit 0) -> int8 doubled E2M1 values.
+
+    Exponent e > 0 gives (2 + mantissa) << (e - 1); e = 0 gives the mantissa (subnormal).
+    Written as mant << shift with shift = max(e - 1, 0) and mant = magnitude bits - 2 * shift.
+    """
+    magnitude = (nibbles & 7).view(torch.int8)
+    shift = ((magnitude >> 1) - 1).clamp_(min=0)
+    value = (magnitude - (shift << 1)) << shift
+    negate = -(nibbles >> 3).view(torch.int8)  # 0 or -1 (all bits set)
+    return (value ^ negate) - negate
+
+
+# MXFP4: e (E8M0 exponent byte), qs[16]: element l is the low nibble of qs[l], 16 + l the high.
+# The scale is 2^(e - 127) halved, because the FP4 values are doubled.
+
+
+@device_table
+def _e8m0_half() -> np.ndarray:
+    exponent = np.arange(256, dtype=np.uint32)
+    # e = 0 and 1 give subnormal floats (2^-128, 2^-127); the rest normal ones with exponent e - 1.
+    bits = np.where(exponent < 2, np.uint32(0x00200000) << exponent, (exponent - 1) << 23)
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def _fill_mxfp4(blocks: torch.Tensor, out: torch.Tensor) -> None:
+    d = _e8m0_half(blocks.device, torch.float32).index_select(0, byte_index(blocks[:, 0])).to(out.dtype)
+    qs = blocks[:, 1:17]
+    halves = out.view(-1, 2, 16)
+    halves[:, 0].copy_(_e2m1_doubled(qs & 0x0F))
+    halves[:, 1].copy_(_e2m1_doubled(qs >> 4))
+    out.mul_(d.unsqueeze(1))
+
+
+# NVFP4: 4 UE4M3 scale bytes, then 4 sub-blocks of 8 bytes: element 16s + l is the low nibble
+# of byte 8s + l, element 16s + 8 + l the high nibble. Scales are halved for the doubled values.
+
+
+@device_table
+def _ue4m3_half() -> np.ndarray:
+    code = np.arange(256)
+    exponent = (code >> 3) & 0x0F
+    mantissa = code & 0x07
+    subnormal = mantissa * 2.0**-9
+    normal = (1.0 + mantissa / 8.0) * np.exp2(exponent - 7.0)
+    value = np.where(exponent == 0, subnormal, normal) * 0.5
+    # 0x7F is E4M3's NaN; ggml reads it (and zero) as a zero scale.
+    value[(code == 0) | (code == 0x7F)] = 0.0
+    return value.astype(np.float32)
+
+
+def _fill_nvfp4(blocks: torch.Tensor, out: torch.Tensor) -> None:
+    m = blocks.shape[0]
+    d = _ue4m3_half(blocks.device, out.dtype).index_select(0, byte_index(blocks[:, 0:4])).view(m, 4, 1, 1)
+    qs = blocks[:, 4:36].reshape(m, 4, 8)
+    halves = out.view(m, 4, 2, 8)
+    halves[:, :, 0].copy_(_e2m1_doubled(qs & 0x0F))
+    halves[:, :, 1].copy_(_e2m1_doubled(qs >> 4))
+    halves.mul_(d)
+
+
+def _kernel(ggml_type: T, block_size: int, fill, exact_dtypes):
+    def kernel(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return run_chunked(blocks, dtype, block_size, fill, exact_dtypes)
+
+    kernel.__name__ = f"dequantize_{ggml_type.name.lower()}"
+    return kernel
+
+
+KERNELS = {
+    T.TQ1_0: _kernel(T.TQ1_0, 256, _fill_tq1_0, ALL_FLOAT_DTYPES),
+    T.TQ2_0: _kernel(T.TQ2_0, 256, _fill_tq2_0, ALL_FLOAT_DTYPES),
+    T.MXFP4: _kernel(T.MXFP4, 32, _fill_mxfp4, (torch.float32, torch.bfloat16)),
+    T.NVFP4: _kernel(T.NVFP4, 64, _fill_nvfp4, ALL_FLOAT_DTYPES),
+}
+
+
+def _random_tq1_0(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    blocks = random_bytes(rng, n_blocks, T.TQ1_0)
+    blocks[:, 52:54] = random_fp16(rng, n_blocks, 1.0, signed=False)
+    return blocks
+
+
+def _random_tq2_0(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    blocks = random_bytes(rng, n_blocks, T.TQ2_0)
+    blocks[:, 64:66] = random_fp16(rng, n_blocks, 0.5, signed=False)  # q reaches 2
+    return blocks
+
+
+def _random_mxfp4(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    blocks = random_bytes(rng, n_blocks, T.MXFP4)
+    blocks[:, 0] = rng.integers(112, 125, n_blocks)  # scale 2^-16 .. 2^-4, |w| <= 12 * 2^-5
+    return blocks
+
+
+def _random_nvfp4(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    blocks = random_bytes(rng, n_blocks, T.NVFP4)
+    blocks[:, 0:4] = rng.integers(0x01, 0x20, (n_blocks, 4))  # E4M3 up to 2^-4 * 1.875, |w| <= 0.71
+    return blocks
+
+
+RANDOM_BLOCKS = {
+    T.TQ1_0: _random_tq1_0,
+    T.TQ2_0: _random_tq2_0,
+    T.MXFP4: _random_mxfp4,
+    T.NVFP4: _random_nvfp4,
+}

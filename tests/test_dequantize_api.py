@@ -1,0 +1,73 @@
+"""The public `comfyui_zimage_gguf.ops.dequantize`: shape, dtype and device of the result, and its errors."""
+import numpy as np
+import pytest
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, quants
+
+from comfyui_zimage_gguf.errors import UnsupportedQuantTypeError, ZImageGGUFError
+from comfyui_zimage_gguf.ops import QUANT_TYPES, dequantize
+from comfyui_zimage_gguf.ops.kernels import RANDOM_BLOCKS, fp4_ternary, kquants, legacy
+
+NON_IQUANT_TYPES = [*legacy.KERNELS, *kquants.KERNELS, *fp4_ternary.KERNELS]
+
+
+def raw_weight(ggml_type: T, rows: int, blocks_per_row: int, seed: int = 0) -> torch.Tensor:
+    """(rows, row_bytes) uint8 tensor of valid blocks, as a GGUF reader hands it over."""
+    raw = RANDOM_BLOCKS[ggml_type](rows * blocks_per_row, np.random.default_rng(seed))
+    return torch.from_numpy(raw).reshape(rows, -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("ggml_type", list(QUANT_TYPES), ids=lambda t: t.name)
+def test_result_has_requested_shape_and_dtype_and_matches_gguf(ggml_type, dtype):
+    block_size = GGML_QUANT_SIZES[ggml_type][0]
+    data = raw_weight(ggml_type, rows=3, blocks_per_row=2)
+    result = dequantize(data, ggml_type, (3, 2 * block_size), dtype)
+    assert result.shape == (3, 2 * block_size) and result.dtype == dtype and result.device == data.device
+    expected = torch.from_numpy(np.array(quants.dequantize(data.numpy(), ggml_type), dtype=np.float32))
+    assert torch.equal(result, expected.to(dtype))
+
+
+def test_data_is_read_as_a_flat_byte_run_whatever_its_shape():
+    data = raw_weight(T.Q8_0, rows=4, blocks_per_row=3)
+    as_rows = dequantize(data, T.Q8_0, (4, 96), torch.float32)
+    as_flat = dequantize(data.reshape(-1), T.Q8_0, (2, 2, 96), torch.float32)
+    assert torch.equal(as_rows.reshape(2, 2, 96), as_flat)
+
+
+def test_default_dtype_is_float16():
+    assert dequantize(raw_weight(T.Q4_0, 1, 1), T.Q4_0, (32,)).dtype == torch.float16
+
+
+def test_accepts_the_type_as_its_integer_id():
+    data = raw_weight(T.Q4_K, 2, 1)
+    assert torch.equal(dequantize(data, int(T.Q4_K), (2, 256)), dequantize(data, T.Q4_K, (2, 256)))
+
+
+@pytest.mark.parametrize("ggml_type", NON_IQUANT_TYPES, ids=lambda t: t.name)
+def test_result_stays_on_the_data_device(ggml_type):
+    # The meta device runs no arithmetic but checks that nothing is built on another device.
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    data = torch.empty(2 * type_size, dtype=torch.uint8, device="meta")
+    result = dequantize(data, ggml_type, (2 * block_size,), torch.float16)
+    assert result.device.type == "meta" and result.shape == (2 * block_size,) and result.dtype == torch.float16
+
+
+def test_one_byte_short_raises_the_pack_error_naming_type_and_sizes():
+    data = raw_weight(T.Q6_K, rows=2, blocks_per_row=1).reshape(-1)[:-1]
+    with pytest.raises(ZImageGGUFError) as caught:
+        dequantize(data, T.Q6_K, (2, 256))
+    message = str(caught.value)
+    assert "Q6_K" in message and str(data.numel()) in message and "[2, 256]" in message
+
+
+def test_shape_not_a_whole_number_of_blocks_raises_the_pack_error():
+    data = raw_weight(T.Q4_0, rows=1, blocks_per_row=2).reshape(-1)
+    with pytest.raises(ZImageGGUFError, match="Q4_0"):
+        dequantize(data, T.Q4_0, (48,))
+
+
+@pytest.mark.parametrize("ggml_type", [T.Q8_1, 12345], ids=str)
+def test_unsupported_type_raises_naming_it(ggml_type):
+    with pytest.raises(UnsupportedQuantTypeError, match=str(getattr(ggml_type, "name", ggml_type))):
+        dequantize(torch.zeros(34, dtype=torch.uint8), ggml_type, (32,))

@@ -1,0 +1,116 @@
+"""Ternary (TQ1_0, TQ2_0) and FP4 (MXFP4, NVFP4) kernels against gguf-py's reference.
+
+float32 output must equal `gguf.quants.dequantize` value for value; float16 and bfloat16
+output must equal that float32 result cast to the dtype.
+"""
+import numpy as np
+import pytest
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, quants
+
+from comfyui_zimage_gguf.ops.kernels import fp4_ternary, legacy
+
+KERNELS = fp4_ternary.KERNELS
+RANDOM_BLOCKS = fp4_ternary.RANDOM_BLOCKS
+QUANTIZABLE = [T.TQ1_0, T.TQ2_0, T.MXFP4]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def reference(raw: np.ndarray, ggml_type: T) -> torch.Tensor:
+    block_size = GGML_QUANT_SIZES[ggml_type][0]
+    with np.errstate(over="ignore"):  # MXFP4's largest scales overflow to inf, as in ggml
+        values = np.array(quants.dequantize(raw, ggml_type), dtype=np.float32)
+    return torch.from_numpy(values).reshape(-1, block_size)
+
+
+def assert_identical(got: torch.Tensor, expected: torch.Tensor) -> None:
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    nan = torch.isnan(expected)
+    assert torch.equal(torch.isnan(got), nan)
+    mismatch = (got != expected) & ~nan
+    assert not mismatch.any(), f"{int(mismatch.sum())} values differ, first at {mismatch.nonzero()[0].tolist()}"
+
+
+def check_all_dtypes(raw: np.ndarray, ggml_type: T) -> None:
+    expected = reference(raw, ggml_type)
+    blocks = torch.from_numpy(raw).reshape(-1, GGML_QUANT_SIZES[ggml_type][1])
+    for dtype in DTYPES:
+        assert_identical(KERNELS[ggml_type](blocks, dtype), expected.to(dtype))
+
+
+def every_byte_value(n_blocks: int, type_size: int) -> np.ndarray:
+    """Blocks whose bytes run through 0..255 at every position (one column per byte offset)."""
+    return ((np.arange(n_blocks)[:, None] + 37 * np.arange(type_size)[None, :]) % 256).astype(np.uint8)
+
+
+@pytest.mark.parametrize("ggml_type", QUANTIZABLE, ids=lambda t: t.name)
+def test_quantized_weights_with_odd_row_count_match_gguf(ggml_type):
+    weights = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
+    check_all_dtypes(quants.quantize(weights, ggml_type), ggml_type)
+
+
+@pytest.mark.parametrize("ggml_type", list(KERNELS), ids=lambda t: t.name)
+def test_random_blocks_match_gguf(ggml_type):
+    check_all_dtypes(RANDOM_BLOCKS[ggml_type](37, np.random.default_rng(1)), ggml_type)
+
+
+@pytest.mark.parametrize("ggml_type", list(KERNELS), ids=lambda t: t.name)
+def test_single_block(ggml_type):
+    check_all_dtypes(RANDOM_BLOCKS[ggml_type](1, np.random.default_rng(2)), ggml_type)
+
+
+@pytest.mark.parametrize("ggml_type", [T.TQ1_0, T.TQ2_0], ids=lambda t: t.name)
+def test_ternary_every_byte_value(ggml_type):
+    # Including bytes a quantizer never writes (TQ1_0 uses 0..242): decoding must still agree.
+    raw = every_byte_value(256, GGML_QUANT_SIZES[ggml_type][1])
+    raw[:, -2:] = np.frombuffer(np.float16(0.25).tobytes(), np.uint8)
+    check_all_dtypes(raw, ggml_type)
+
+
+@pytest.mark.parametrize("scale", [0.0, 65504.0, -65504.0, 2.0**-24], ids=str)
+@pytest.mark.parametrize("ggml_type", [T.TQ1_0, T.TQ2_0], ids=lambda t: t.name)
+def test_ternary_extreme_fp16_scales(ggml_type, scale):
+    raw = RANDOM_BLOCKS[ggml_type](8, np.random.default_rng(3))
+    raw[:, -2:] = np.frombuffer(np.float16(scale).tobytes(), np.uint8)
+    check_all_dtypes(raw, ggml_type)
+
+
+def test_mxfp4_every_exponent_and_nibble():
+    # Scales from 2^-128 (subnormal float32) to 2^127 (overflowing to inf once multiplied),
+    # each with all 256 byte values of the FP4 pairs.
+    raw = np.empty((256 * 16, 17), dtype=np.uint8)
+    raw[:, 0] = np.repeat(np.arange(256), 16)
+    raw[:, 1:] = np.tile(np.arange(256, dtype=np.uint8).reshape(16, 16), (256, 1))
+    check_all_dtypes(raw, T.MXFP4)
+
+
+def test_nvfp4_every_scale_code_and_nibble():
+    # All 256 UE4M3 codes, including 0x7F (NaN, read as zero) and codes with the unused top bit.
+    raw = np.empty((64 * 8, 36), dtype=np.uint8)
+    raw[:, 0:4] = np.arange(256, dtype=np.uint8).reshape(64, 4).repeat(8, axis=0)
+    raw[:, 4:] = np.tile(np.arange(256, dtype=np.uint8).reshape(8, 32), (64, 1))
+    check_all_dtypes(raw, T.NVFP4)
+
+
+@pytest.mark.parametrize("ggml_type", list(KERNELS), ids=lambda t: t.name)
+def test_many_chunks_with_a_partial_last_chunk(ggml_type, monkeypatch):
+    monkeypatch.setattr(legacy, "CPU_CHUNK_ELEMENTS", 2 * GGML_QUANT_SIZES[ggml_type][0])
+    check_all_dtypes(RANDOM_BLOCKS[ggml_type](7, np.random.default_rng(4)), ggml_type)
+
+
+@pytest.mark.parametrize("ggml_type", list(KERNELS), ids=lambda t: t.name)
+def test_blocks_at_an_odd_byte_offset(ggml_type):
+    raw = RANDOM_BLOCKS[ggml_type](5, np.random.default_rng(5))
+    buffer = torch.zeros(raw.size + 1, dtype=torch.uint8)
+    buffer[1:] = torch.from_numpy(raw).reshape(-1)
+    blocks = buffer[1:].reshape(raw.shape)
+    assert_identical(KERNELS[ggml_type](blocks, torch.float32), reference(raw, ggml_type))
+
+
+@pytest.mark.parametrize("ggml_type", list(KERNELS), ids=lambda t: t.name)
+def test_random_blocks_are_valid_and_moderate(ggml_type):
+    raw = RANDOM_BLOCKS[ggml_type](64, np.random.default_rng(7))
+    assert raw.dtype == np.uint8 and raw.shape == (64, GGML_QUANT_SIZES[ggml_type][1])
+    values = reference(raw, ggml_type)
+    assert torch.isfinite(values).all()
+    assert 0.05 < values.abs().max() < 1.5
