@@ -217,9 +217,11 @@ def submit(client: ComfyClient, workflow: dict) -> str:
 def _describe_execution_failure(entry: dict) -> str:
     for event, data in (entry.get("status") or {}).get("messages", []):
         if event == "execution_error":
+            # ComfyUI gives the full dotted name; a custom node's module part is a file-system path.
+            exception_type = str(data.get("exception_type") or "error").rsplit(".", 1)[-1]
             return (
                 f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
-                f"{data.get('exception_type', 'error')}: {str(data.get('exception_message', '')).strip()}"
+                f"{exception_type}: {str(data.get('exception_message', '')).strip()}"
             )
         if event == "execution_interrupted":
             return f"interrupted at node {data.get('node_id')} ({data.get('node_type')})"

@@ -231,7 +231,7 @@ def test_failed_run_shows_the_exception_message(fake_server, capsys):
         "status": {"status_str": "error", "completed": False, "messages": [
             ["execution_start", {"prompt_id": "p-1"}],
             ["execution_error", {"prompt_id": "p-1", "node_id": "2", "node_type": "ZImageGGUFTextEncoderLoader",
-                                 "exception_type": "IncompatibleModelError",
+                                 "exception_type": "/opt/ComfyUI/custom_nodes/comfyui_zimage_gguf.errors.IncompatibleModelError",
                                  "exception_message": "enc.gguf: width 1024, the model expects 2560\n",
                                  "traceback": ["..."]}],
         ]},

@@ -1,0 +1,143 @@
+"""The shipped API workflow on a real ComfyUI server, with its model names swapped for generated files.
+
+Proves: ComfyUI's startup imports the pack and lists its nodes; the workflow returns an image
+through POST /prompt and through the `queue` command; a text encoder of the wrong width stops with
+the pack's IncompatibleModelError (both widths named), not torch's `mat1 and mat2` error.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+
+API_WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "z_image_turbo_gguf_api.json"
+TEST_SIZE = 64
+TEST_STEPS = 1
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])  # IHDR is always the first chunk
+    return width, height
+
+
+def node_of_type(workflow: dict, class_type: str) -> dict:
+    (node,) = [node for node in workflow.values() if node["class_type"] == class_type]
+    return node
+
+
+def small_workflow(unet: str, clip: str, vae: str, clip_type: str = "lumina2") -> dict:
+    workflow = json.loads(API_WORKFLOW.read_text(encoding="utf-8"))
+    node_of_type(workflow, "ZImageGGUFDiffusionModelLoader")["inputs"]["unet_name"] = unet
+    encoder = node_of_type(workflow, "ZImageGGUFTextEncoderLoader")["inputs"]
+    encoder["clip_name"] = clip
+    encoder["type"] = clip_type
+    node_of_type(workflow, "VAELoader")["inputs"]["vae_name"] = vae
+    latent = node_of_type(workflow, "EmptySD3LatentImage")["inputs"]
+    latent["width"] = latent["height"] = TEST_SIZE
+    node_of_type(workflow, "KSampler")["inputs"]["steps"] = TEST_STEPS
+    return workflow
+
+
+def execution_error(entry: dict) -> dict:
+    assert "rejected" not in entry, f"/prompt refused the workflow: {entry}"
+    assert entry["status"]["status_str"] == "error", f"expected a failed run, got {entry['status']}"
+    (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    return error
+
+
+def test_startup_imports_the_pack_and_lists_its_nodes(comfy_server):
+    pack_dir = comfy_server.base_dir / "custom_nodes" / "comfyui_zimage_gguf"
+    log_lines = comfy_server.log_path.read_text(errors="replace").splitlines()
+    # ComfyUI's startup summary: one "<seconds> seconds[ (IMPORT FAILED)]: <path>" line per custom node
+    (import_line,) = [line for line in log_lines if line.strip().endswith(f": {pack_dir}")]
+    assert "IMPORT FAILED" not in import_line
+    assert not [line for line in log_lines if line.startswith(f"Cannot import {pack_dir}")]
+    info = comfy_server.get_json("/object_info/ZImageGGUFDiffusionModelLoader")["ZImageGGUFDiffusionModelLoader"]
+    assert info["display_name"] == "Load Diffusion Model (GGUF, Z-Image pack)"
+    assert list(info["input"]["required"]) == ["unet_name", "dequant_dtype", "patch_on_device"]
+    assert info["input"]["required"]["dequant_dtype"][0] == ["auto", "float16", "bfloat16", "float32"]
+    assert info["output"] == ["MODEL"]
+    info = comfy_server.get_json("/object_info/ZImageGGUFTextEncoderLoader")["ZImageGGUFTextEncoderLoader"]
+    assert info["display_name"] == "Load Text Encoder (GGUF, Z-Image pack)"
+    assert list(info["input"]["required"]) + list(info["input"].get("optional", {})) == ["clip_name", "type", "device"]
+    assert "lumina2" in info["input"]["required"]["type"][0]
+    assert info["output"] == ["CLIP"]
+
+
+def test_generated_models_are_listed_by_the_loaders(comfy_server, zimage_gguf_name, qwen3_4b_gguf_name, flux_vae_name):
+    unet_names = comfy_server.get_json("/object_info/ZImageGGUFDiffusionModelLoader")[
+        "ZImageGGUFDiffusionModelLoader"]["input"]["required"]["unet_name"][0]
+    clip_names = comfy_server.get_json("/object_info/ZImageGGUFTextEncoderLoader")[
+        "ZImageGGUFTextEncoderLoader"]["input"]["required"]["clip_name"][0]
+    assert zimage_gguf_name in unet_names
+    assert qwen3_4b_gguf_name in clip_names
+    assert flux_vae_name in comfy_server.get_json("/object_info/VAELoader")["VAELoader"]["input"]["required"]["vae_name"][0]
+
+
+def test_api_workflow_returns_an_image(comfy_server, zimage_gguf_name, qwen3_4b_gguf_name, flux_vae_name):
+    entry = comfy_server.run_prompt(small_workflow(zimage_gguf_name, qwen3_4b_gguf_name, flux_vae_name))
+    assert "rejected" not in entry, entry
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (images,) = [output["images"] for output in entry["outputs"].values() if output.get("images")]
+    (image,) = images
+    query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image["subfolder"], "type": image["type"]})
+    status, data = comfy_server.request(f"/view?{query}")
+    assert status == 200
+    assert png_size(data) == (TEST_SIZE, TEST_SIZE)
+
+
+def test_queue_command_end_to_end(comfy_server, zimage_gguf_name, qwen3_4b_gguf_name, flux_vae_name, tmp_path, cli_env):
+    workflow_path = tmp_path / "small_api.json"
+    workflow_path.write_text(json.dumps(small_workflow(zimage_gguf_name, qwen3_4b_gguf_name, flux_vae_name)))
+    out = tmp_path / "fox.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "comfyui_zimage_gguf", "queue", str(workflow_path), "--server", comfy_server.url,
+         "--prompt", "a red fox in fresh snow", "--seed", "7", "--width", "96", "--height", "64",
+         "--steps", "1", "--out", str(out), "--poll-interval", "0.5", "--timeout", "600"],
+        capture_output=True, text=True, timeout=900, env=cli_env, cwd=tmp_path,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert f"saved {out}" in result.stdout
+    assert png_size(out.read_bytes()) == (96, 64)
+
+
+def test_queue_command_reports_a_failed_run_in_one_line(comfy_server, zimage_gguf_name, qwen3_narrow_gguf_name,
+                                                        flux_vae_name, tmp_path, cli_env):
+    workflow_path = tmp_path / "mismatched_api.json"
+    workflow_path.write_text(json.dumps(small_workflow(zimage_gguf_name, qwen3_narrow_gguf_name, flux_vae_name)))
+    result = subprocess.run(
+        [sys.executable, "-m", "comfyui_zimage_gguf", "queue", str(workflow_path), "--server", comfy_server.url,
+         "--out", str(tmp_path / "never.png"), "--poll-interval", "0.5", "--timeout", "600"],
+        capture_output=True, text=True, timeout=900, env=cli_env, cwd=tmp_path,
+    )
+    assert result.returncode == 1, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ComfyUI failed to run the workflow:")
+    assert "IncompatibleModelError" in result.stderr
+    assert not (tmp_path / "never.png").exists()
+
+
+def test_encoder_of_the_wrong_width_fails_with_our_error(comfy_server, zimage_gguf_name, qwen3_narrow_gguf_name,
+                                                         flux_vae_name):
+    # "ovis" is the type ComfyUI builds a 2048-wide Qwen3 for, so the encoder loads and encodes;
+    # the mismatch can only be seen when its features meet the Z-Image model.
+    workflow = small_workflow(zimage_gguf_name, qwen3_narrow_gguf_name, flux_vae_name, clip_type="ovis")
+    error = execution_error(comfy_server.run_prompt(workflow))
+    message = error["exception_message"]
+    assert error["exception_type"].endswith("IncompatibleModelError"), error
+    assert "2560" in message and "2048" in message, message
+    assert qwen3_narrow_gguf_name in message and zimage_gguf_name in message, message
+    assert "mat1 and mat2" not in message
+
+
+def test_encoder_of_the_wrong_model_for_its_type_fails_at_load(comfy_server, zimage_gguf_name, qwen3_narrow_gguf_name,
+                                                               flux_vae_name):
+    workflow = small_workflow(zimage_gguf_name, qwen3_narrow_gguf_name, flux_vae_name, clip_type="lumina2")
+    error = execution_error(comfy_server.run_prompt(workflow))
+    assert error["node_type"] == "ZImageGGUFTextEncoderLoader", error
+    assert error["exception_type"].endswith("IncompatibleModelError"), error
+    assert qwen3_narrow_gguf_name in error["exception_message"] and "2048" in error["exception_message"]
