@@ -22,7 +22,7 @@ from comfyui_zimage_gguf.errors import GGUFFormatError
 from comfyui_zimage_gguf.nodes.gguf_reader import LAZY_ARRAY_MIN_LENGTH, MAX_ARRAY_NESTING
 
 RNG = np.random.default_rng(1234)
-LONG_STRINGS = [f"tok_{i}_{'ĠÄ€中' [i % 4]}" for i in range(LAZY_ARRAY_MIN_LENGTH + 44)]
+LONG_STRINGS = [f"tok_{i}_{'ĠÄ€中'[i % 4]}" for i in range(LAZY_ARRAY_MIN_LENGTH + 44)]
 LONG_INTS = list(range(-150, LAZY_ARRAY_MIN_LENGTH + 150))
 
 # key -> (value, GGUF type, element type for arrays); written in this order.
