@@ -95,28 +95,32 @@ def check_encoder_matches_model(
     stacked = model.stacked_layers if model else 1
     model_display = model.display if model else model_family
     needed_width = expected_width // stacked if expected_width % stacked == 0 else None
-    candidates = [ENCODERS_BY_DISPLAY[d] for d in model.encoders] if model else list(KNOWN_ENCODERS)
-    expected = next((e for e in candidates if e.width == needed_width), None)
+    expected = None
+    if model and needed_width:
+        expected = next((ENCODERS_BY_DISPLAY[d] for d in model.encoders if ENCODERS_BY_DISPLAY[d].width == needed_width), None)
 
-    width_ok = needed_width is not None and encoder_width == needed_width
+    width_ok = encoder_width == needed_width
     family_ok = encoder_family is None or expected is None or encoder_family == expected.family
     if width_ok and family_ok:
         return expected
 
-    wanted = f"{expected.display}, {needed_width} wide" if expected else f"a text encoder {needed_width or '?'} wide"
-    if stacked > 1:
-        wanted += f" ({model_display} concatenates {stacked} encoder layers: {model_display} caption width {expected_width})"
+    if needed_width is None:
+        wanted = f"{stacked} concatenated encoder layers, yet its caption width {expected_width} is not a multiple of {stacked}"
+    else:
+        wanted = f"{expected.display}, {needed_width} wide" if expected else f"a text encoder {needed_width} wide"
+        if stacked > 1:
+            wanted += f" ({model_display} concatenates {stacked} of its layers: caption width {expected_width} = {stacked} x {needed_width})"
     found = f"{describe_width(encoder_width, encoder_family)}, {encoder_width} wide"
     if expected:
         remedy = f"Load {' or '.join(expected.files)} instead."
     elif model:
         known = ", ".join(f"{d} ({ENCODERS_BY_DISPLAY[d].width * stacked})" for d in model.encoders)
         remedy = (
-            f"No known encoder gives caption width {expected_width}; {model_display} variants known here take: {known}. "
+            f"No known encoder gives caption width {expected_width}; the {model_display} variants known here take: {known}. "
             "Check that the diffusion model file is what you think it is."
         )
     else:
-        remedy = f"Load a text encoder whose hidden size is {expected_width}."
+        remedy = f"Load a text encoder whose hidden size is {expected_width} ({describe_width(expected_width)})."
     raise IncompatibleModelError(
         f"Text encoder {encoder_name} does not fit diffusion model {model_name}: "
         f"{model_display} expects {wanted}; this encoder is {found}. {remedy}"

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import IncompatibleModelError, ModelDetectionError
+from .architectures import CITY96_ARCHITECTURES, find_diffusion_prefix
 from .compat import KNOWN_ENCODERS, KnownEncoder, encoders_of_width
 
 
@@ -40,11 +41,8 @@ ENCODER_ARCHS: dict[str, EncoderArch] = {
     )
 }
 
-# general.architecture values written by diffusion-model GGUF converters (city96's tools and ours)
-DIFFUSION_ARCHS = frozenset(
-    {"flux", "sd1", "sdxl", "sd3", "aura", "hidream", "cosmos", "ltxv", "hyvid", "wan", "lumina2", "qwen_image", "z_image"}
-)
 VISION_PROJECTOR_ARCH = "clip"  # llama.cpp mmproj files
+DIFFUSION_LOADER = "Load Diffusion Model (GGUF, Z-Image pack)"
 
 # ---------------------------------------------------------------------------------------------
 # Tensor names
@@ -362,11 +360,12 @@ def detect_text_encoder(metadata: Mapping, tensor_names: Iterable[str], path="")
             f"{path}: general.architecture is '{arch}' but the file holds none of a llama.cpp text model's tensors "
             f"(token_embd.weight, blk.0.attn_q.weight); found {_sample(names)}"
         )
-    if arch in DIFFUSION_ARCHS:
+    sdcpp_diffusion = find_diffusion_prefix(names) == "model.diffusion_model."
+    if arch in CITY96_ARCHITECTURES or sdcpp_diffusion:
+        found = f"general.architecture = '{arch}'" if arch in CITY96_ARCHITECTURES else "tensors named model.diffusion_model.*"
         raise ModelDetectionError(
-            f"{path} is a diffusion model GGUF (general.architecture = '{arch}'), not a text encoder: load it with "
-            "the diffusion-model (UNet) GGUF loader, and give the text-encoder loader an LLM GGUF such as "
-            "Qwen3-4B-Instruct-2507-Q4_K_M.gguf."
+            f"{path} is a diffusion model GGUF ({found}), not a text encoder: load it with '{DIFFUSION_LOADER}', "
+            "and give the text-encoder loader an LLM GGUF such as Qwen3-4B-Instruct-2507-Q4_K_M.gguf."
         )
     if arch == VISION_PROJECTOR_ARCH:
         raise ModelDetectionError(
