@@ -112,12 +112,12 @@ def test_only_llama_q_and_k_are_permuted(small_file):
 
 
 def test_unpermute_undoes_llama_cpp_rotary_interleave_by_hand():
-    # 2 heads of dim 4: HF halves (0,1 | 2,3) are stored by llama.cpp as pairs (0,2), (1,3)
-    stored = torch.tensor([0, 2, 1, 3, 4, 6, 5, 7])
-    assert unpermute_qk_rows(stored, 2).tolist() == list(range(8))
-    assert unpermute_qk_rows(stored.numpy().reshape(8, 1), 2).ravel().tolist() == list(range(8))
-    with pytest.raises(ValueError, match="3 heads"):
-        unpermute_qk_rows(stored, 3)
+    # 2 heads of dim 6: HF halves (0,1,2 | 3,4,5) are stored by llama.cpp as pairs (0,3), (1,4), (2,5)
+    stored = torch.tensor([0, 3, 1, 4, 2, 5, 6, 9, 7, 10, 8, 11])
+    assert unpermute_qk_rows(stored, 2).tolist() == list(range(12))
+    assert unpermute_qk_rows(stored.numpy().reshape(12, 1), 2).ravel().tolist() == list(range(12))
+    with pytest.raises(ValueError, match="5 heads"):
+        unpermute_qk_rows(stored, 5)
 
 
 def test_unpermuting_quantized_rows_equals_unpermuting_values(tmp_path):
