@@ -200,6 +200,8 @@ def encoder_config(
         raise ModelDetectionError(f"{path}: no token_embd.weight tensor; found {_sample(tensor_shapes)}")
     hidden = meta("embedding_length", int)
     n_heads = meta("attention.head_count", int)
+    if n_heads <= 0 or hidden <= 0:
+        raise ModelDetectionError(f"{path}: metadata {prefix}.embedding_length = {hidden}, {prefix}.attention.head_count = {n_heads}; both must be positive")
     head_dim = meta("attention.key_length", int, hidden // n_heads)
     config = EncoderConfig(
         arch=row.arch,
@@ -234,7 +236,7 @@ def _dims(config: EncoderConfig) -> dict[str, tuple[int, str]]:
     hidden = (config.hidden_size, f"{p}.embedding_length = {config.hidden_size}")
     heads = f"{p}.attention.head_count = {config.n_heads}"
     kv = f"{p}.attention.head_count_kv = {config.n_kv_heads}"
-    head_dim = f"{p}.attention.key_length = {config.head_dim}"
+    head_dim = f"head size {config.head_dim} ({p}.attention.key_length, else embedding_length / head_count)"
     return {
         "hidden": hidden,
         "vocab": (config.vocab_size, f"token_embd.weight rows = {config.vocab_size}"),

@@ -202,7 +202,8 @@ def test_config_of_real_model_metadata(model):
         ("qwen3.embedding_length", 2048, ["token_embd.weight", "[151936, 2560]", "[151936, 2048]"]),
         ("qwen3.attention.head_count_kv", 4, ["blk.0.attn_k.weight", "[1024, 2560]", "[512, 2560]", "= 4 x"]),
         ("qwen3.feed_forward_length", 9000, ["ffn_gate.weight", "[9728, 2560]", "= 9000"]),
-        ("qwen3.attention.key_length", 64, ["attn_q.weight", "key_length = 64"]),
+        ("qwen3.attention.key_length", 64, ["attn_q.weight", "head size 64"]),
+        ("qwen3.attention.head_count", 0, ["head_count = 0", "must be positive"]),
         ("qwen3.block_count", 37, ["block_count = 37", "0-35"]),
     ],
 )
