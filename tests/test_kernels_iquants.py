@@ -1,0 +1,105 @@
+"""The I-quant kernels against gguf-py's numpy reference.
+
+gguf-py cannot quantize I-quants, so the inputs are the module's random valid blocks plus
+hand-made edge cases: zero and largest-finite fp16 scales, all-0x00 and all-0xFF payloads.
+"""
+import numpy as np
+import pytest
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
+from gguf import quants as gguf_quants
+
+from comfyui_zimage_gguf.ops import dequantize
+from comfyui_zimage_gguf.ops.kernels import iquants
+
+IQUANTS = [Q.IQ1_S, Q.IQ1_M, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS, Q.IQ3_S, Q.IQ4_NL, Q.IQ4_XS]
+LARGEST_FP16 = 65504.0
+
+
+def reference(raw: np.ndarray, ggml_type) -> torch.Tensor:
+    block_size = GGML_QUANT_SIZES[ggml_type][0]
+    return torch.from_numpy(gguf_quants.dequantize(raw, ggml_type)).reshape(raw.shape[0], block_size)
+
+
+def kernel(ggml_type, raw: np.ndarray, dtype=torch.float32) -> torch.Tensor:
+    return iquants.KERNELS[ggml_type](torch.from_numpy(raw), dtype)
+
+
+def with_scale(ggml_type, payload_byte: int, n_blocks: int, scale: float) -> np.ndarray:
+    """Blocks whose bytes are all `payload_byte` except the fp16 block scale, set to `scale`."""
+    blocks = np.full((n_blocks, GGML_QUANT_SIZES[ggml_type][1]), payload_byte, dtype=np.uint8)
+    scale_bits = int(np.array(scale, dtype=np.float16).view(np.uint16))
+    if ggml_type == Q.IQ1_M:
+        # IQ1_M keeps its scale in the top nibbles of its four trailing uint16 words
+        for word in range(4):
+            nibble = (scale_bits >> (4 * word)) & 0xF
+            byte = 48 + 2 * word + 1
+            blocks[:, byte] = (blocks[:, byte] & 0x0F) | (nibble << 4)
+    else:
+        blocks[:, 0] = scale_bits & 0xFF
+        blocks[:, 1] = scale_bits >> 8
+    return blocks
+
+
+def assert_matches_reference(ggml_type, raw: np.ndarray):
+    expected = reference(raw, ggml_type)
+    got = kernel(ggml_type, raw)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert torch.equal(got, expected)
+    for dtype in (torch.float16, torch.bfloat16):
+        assert torch.equal(kernel(ggml_type, raw, dtype), expected.to(dtype)), dtype
+
+
+@pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_blocks_match_gguf_bit_for_bit(ggml_type, seed):
+    raw = iquants.RANDOM_BLOCKS[ggml_type](777, np.random.default_rng(seed))
+    assert_matches_reference(ggml_type, raw)
+
+
+@pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
+@pytest.mark.parametrize("payload_byte", [0x00, 0xFF, 0x5A])
+@pytest.mark.parametrize("scale", [0.0, -0.0, LARGEST_FP16, -LARGEST_FP16, 2.0**-24])
+def test_edge_case_blocks_match_gguf(ggml_type, payload_byte, scale):
+    assert_matches_reference(ggml_type, with_scale(ggml_type, payload_byte, 3, scale))
+
+
+@pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
+def test_largest_scale_overflows_float16_exactly_like_a_cast(ggml_type):
+    raw = with_scale(ggml_type, 0xFF, 1, LARGEST_FP16)
+    half = kernel(ggml_type, raw, torch.float16)
+    assert torch.isinf(half).any(), "65504 times the largest grid value must exceed float16"
+    assert torch.equal(half, reference(raw, ggml_type).half())
+
+
+@pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
+def test_random_blocks_are_valid_and_moderate(ggml_type):
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    raw = iquants.RANDOM_BLOCKS[ggml_type](64, np.random.default_rng(3))
+    assert raw.dtype == np.uint8 and raw.shape == (64, type_size)
+    weights = reference(raw, ggml_type)
+    assert torch.isfinite(weights).all()
+    assert 0.01 < weights.abs().max() < 1
+
+
+@pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_dequantize_entry_point_reshapes_odd_row_counts(ggml_type, rows):
+    block_size = GGML_QUANT_SIZES[ggml_type][0]
+    cols = 3 * block_size
+    raw = iquants.RANDOM_BLOCKS[ggml_type](rows * 3, np.random.default_rng(rows))
+    got = dequantize(torch.from_numpy(raw).reshape(-1), ggml_type, (rows, cols), torch.float16)
+    assert got.shape == (rows, cols) and got.dtype == torch.float16
+    assert torch.equal(got, reference(raw, ggml_type).reshape(rows, cols).half())
+
+
+@pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
+def test_strided_block_rows_are_read_correctly(ggml_type):
+    raw = iquants.RANDOM_BLOCKS[ggml_type](10, np.random.default_rng(4))
+    every_other = torch.from_numpy(raw)[::2]
+    got = iquants.KERNELS[ggml_type](every_other, torch.float32)
+    assert torch.equal(got, reference(np.ascontiguousarray(raw[::2]), ggml_type))
+
+
+def test_every_iquant_has_a_kernel_and_a_block_generator():
+    assert set(iquants.KERNELS) == set(IQUANTS) == set(iquants.RANDOM_BLOCKS)
