@@ -15,6 +15,7 @@ array is a u32 element type, a u64 count, then the elements.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
@@ -267,7 +268,14 @@ def load_gguf(path: str | os.PathLike) -> GGUFFile:
             _Scanner(path, head, size).check_version()
             raise GGUFFormatError(path, f"truncated: the file has {size} bytes, a GGUF header needs {_HEADER.size}")
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    return _Scanner(path, mapped, size).scan()
+    try:
+        return _Scanner(path, mapped, size).scan()
+    except BaseException:
+        # Unmap now rather than when the traceback is collected (Windows keeps mapped files locked).
+        # A buffer export still alive in the traceback's frames makes close() refuse; GC unmaps then.
+        with contextlib.suppress(BufferError):
+            mapped.close()
+        raise
 
 
 class _Scanner:

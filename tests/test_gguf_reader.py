@@ -524,6 +524,17 @@ def test_malformed_file_raises_format_error_naming_file_and_problem(corrupt, val
     assert info.value.path == str(path)
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc/self/maps")
+@pytest.mark.parametrize("corrupt", [corrupt_data_past_end, corrupt_bad_utf8_string, corrupt_truncated_in_metadata])
+def test_rejected_file_is_unmapped_at_once(corrupt, valid_bytes, tmp_path):
+    path = tmp_path / "rejected.gguf"
+    path.write_bytes(corrupt(valid_bytes))
+    with pytest.raises(GGUFFormatError) as info:
+        load_gguf(path)
+    assert info.value.__traceback__ is not None  # its frames still hold the reader's locals
+    assert _file_mappings(path) == []
+
+
 @pytest.mark.parametrize(
     "corrupt", [corrupt_string_length_2_pow_60, corrupt_array_count_2_pow_40, corrupt_n_tensors_2_pow_50,
                 corrupt_long_string_element_length, corrupt_data_past_end],
