@@ -2,8 +2,11 @@
 same weights, and a Flux-VAE-shaped safetensors file. Nothing here needs ComfyUI.
 
 Weights are random but sane (matrices and biases ~N(0, 0.02), norm weights ~1), drawn per tensor
-from (seed, canonical name), so files of different styles or types with one seed hold the same
-weights up to quantization. Files are written streaming: at most one tensor's data is in memory.
+from (seed, ComfyUI name), so files of either style with one seed hold the same weights up to
+quantization in every type gguf-py can quantize (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+TQ1_0, TQ2_0, MXFP4). K-quant and I-quant tensors are instead random valid blocks with values
+~N(0, 0.02)-like (norms included). Files are written streaming: at most one tensor's data is in
+memory at a time.
 
 Z-Image layouts:
   * "city96": `general.architecture = lumina2`, ComfyUI's bare names, pad tokens [1, dim];
@@ -195,21 +198,16 @@ def random_weight_blocks(ggml_type: Q, n_blocks: int, rng: np.random.Generator, 
     return _random_blocks_with_scales(ggml_type, n_blocks, rng, std / _unit_scale_std(ggml_type))
 
 
-def encode_tensor(values: torch.Tensor, ggml_type: Q, rng_seed: int) -> np.ndarray:
-    """The bytes (or float array) GGUF stores for `values` in `ggml_type`. Types gguf-py cannot
-    quantize get random blocks of the same spread instead (their values are not `values`)."""
+def encode_tensor(spec: TensorSpec, seed: int, ggml_type: Q, stored_shape: tuple[int, ...], index: int) -> np.ndarray:
+    """What GGUF stores for one tensor: the seeded weights quantized by gguf-py, or, for types
+    gguf-py cannot quantize, random blocks of the same spread around 0 (so in those types norm
+    weights are not ~1 and values are not the seeded weights)."""
     if ggml_type in QUANTIZABLE_TYPES:
-        return quants.quantize(values.numpy(), ggml_type)
-    if ggml_type in FP16_SCALE_OFFSETS:
-        block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-        std = float(values.std()) if values.numel() > 1 else WEIGHT_STD
-        n_blocks = values.numel() // block_size
-        blocks = random_weight_blocks(ggml_type, n_blocks, np.random.default_rng(rng_seed), std)
-        return blocks.reshape(*values.shape[:-1], values.shape[-1] // block_size * type_size)
-    raise ValueError(
-        f"the test factory cannot write {ggml_type.name} tensors; it writes "
-        + ", ".join(sorted(t.name for t in SUPPORTED_TYPES))
-    )
+        return quants.quantize(tensor_values(seed, spec).reshape(stored_shape).numpy(), ggml_type)
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    n_blocks = math.prod(stored_shape) // block_size
+    blocks = random_weight_blocks(ggml_type, n_blocks, np.random.default_rng([seed, index]))
+    return blocks.reshape(*stored_shape[:-1], stored_shape[-1] // block_size * type_size)
 
 
 def _nbytes(ggml_type: Q, shape: tuple[int, ...]) -> int:
@@ -238,6 +236,11 @@ def write_zimage_gguf(path, *, n_layers: int = 1, style: str = "city96", type_ru
         else:
             stored_name, stored_shape = spec.name, spec.shape
         ggml_type = choose(spec)
+        if ggml_type not in SUPPORTED_TYPES:
+            raise ValueError(
+                f"the test factory cannot write {ggml_type.name} tensors ({spec.name}); it writes "
+                + ", ".join(sorted(t.name for t in SUPPORTED_TYPES))
+            )
         if not _row_fits(ggml_type, stored_shape):
             ggml_type = ROW_FALLBACK_TYPE
         plan.append((spec, WrittenTensor(spec.name, stored_name, stored_shape, ggml_type)))
@@ -249,14 +252,14 @@ def write_zimage_gguf(path, *, n_layers: int = 1, style: str = "city96", type_ru
     for _, w in plan:
         writer.add_tensor_info(w.stored_name, w.stored_shape, np.dtype(np.float32),
                                _nbytes(w.ggml_type, w.stored_shape), raw_dtype=w.ggml_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for index, (spec, w) in enumerate(plan):
-        values = tensor_values(seed, spec).reshape(w.stored_shape)
-        writer.write_tensor_data(encode_tensor(values, w.ggml_type, rng_seed=seed * 100_003 + index))
-        del values
-    writer.close()
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for index, (spec, w) in enumerate(plan):
+            writer.write_tensor_data(encode_tensor(spec, seed, w.ggml_type, w.stored_shape, index))
+    finally:
+        writer.close()
     return [w for _, w in plan]
 
 
@@ -280,7 +283,7 @@ def write_safetensors_streaming(path, specs, values_of: Callable[[TensorSpec], t
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)
         for spec in specs:
-            f.write(values_of(spec).to(dtype).contiguous().view(torch.uint8).numpy().tobytes())
+            f.write(values_of(spec).to(dtype).contiguous().view(torch.uint8).numpy().data)
 
 
 def write_zimage_safetensors(path, *, n_layers: int = 1, seed: int = 0, width: int = ZIMAGE_WIDTH,
