@@ -58,29 +58,26 @@ class DequantLayerMixin:
     bias_function: list = []
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        found_quantized = False
-        for name in ("weight", "bias"):
-            value = state_dict.get(prefix + name)
-            if isinstance(value, QuantizedTensor):
-                found_quantized = True
-                current = getattr(self, name, None)
-                if current is not None and current.shape != value.shape and current.device.type != "meta":
-                    error_msgs.append(
-                        f"size mismatch for {prefix}{name}: the file holds {list(value.shape)}, "
-                        f"the model expects {list(current.shape)}"
-                    )
-                    continue
-                setattr(self, name, torch.nn.Parameter(value, requires_grad=False))
-        if not found_quantized:
+        own = {name: state_dict.get(prefix + name) for name in ("weight", "bias")}
+        if not any(isinstance(value, QuantizedTensor) for value in own.values()):
             return super()._load_from_state_dict(
                 state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
             )
-        for key in state_dict:
-            if key.startswith(prefix) and key[len(prefix):] not in ("weight", "bias"):
-                if "." not in key[len(prefix):]:
-                    unexpected_keys.append(key)
-        if getattr(self, "weight", None) is None:
-            missing_keys.append(prefix + "weight")
+        # Quantized data is adopted as it is (no copy into a float parameter); the plain tensors
+        # beside it (e.g. an F32 bias of a quantized weight) are adopted too.
+        for name, value in own.items():
+            current = getattr(self, name, None)
+            if value is None:
+                if current is not None and name == "weight":
+                    missing_keys.append(prefix + name)
+                continue
+            if current is not None and current.shape != value.shape:
+                error_msgs.append(
+                    f"size mismatch for {prefix}{name}: the file holds {list(value.shape)}, "
+                    f"the model expects {list(current.shape)}"
+                )
+                continue
+            setattr(self, name, torch.nn.Parameter(value, requires_grad=False))
 
     def cast_weight_bias(self, input: torch.Tensor, dtype: torch.dtype | None = None):
         """Dequantized (and LoRA-patched) weight and bias in the input's dtype, on its device."""

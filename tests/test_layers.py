@@ -106,3 +106,13 @@ def test_two_namespaces_do_not_share_options():
     x = torch.randn(2, 32)
     assert torch.equal(a(x), F.linear(x, w.dequantize(torch.float32)))
     assert torch.equal(b(x), F.linear(x, w.dequantize(torch.float16).float()))
+
+
+def test_plain_bias_beside_a_quantized_weight_is_loaded():
+    w = quantized((16, 32))
+    bias = torch.randn(16)
+    layer = ops.Linear(32, 16)
+    layer.bias.data.fill_(float("nan"))
+    load(layer, weight=w, bias=bias)
+    x = torch.randn(2, 32)
+    assert torch.equal(layer(x), F.linear(x, w.dequantize(torch.float32), bias))
