@@ -84,9 +84,16 @@ def _move_tensors(value, device):
 
 
 def as_gguf_patcher(patcher, patch_on_device: bool = False):
-    """Re-wrap a freshly loaded ComfyUI ModelPatcher in our patcher class (same model, same devices)."""
+    """Make a freshly loaded ComfyUI ModelPatcher ours, in place.
+
+    The object stays the same (ComfyUI may already track it as loaded, as it does for text
+    encoders); only its class becomes our subclass, which adds methods and no state.
+    """
+    import comfy.model_patcher
+
     cls = gguf_model_patcher_class()
-    wrapped = cls(patcher.model, load_device=patcher.load_device, offload_device=patcher.offload_device,
-                  size=patcher.size, weight_inplace_update=patcher.weight_inplace_update)
-    wrapped.patch_on_device = patch_on_device
-    return wrapped
+    if type(patcher) not in (comfy.model_patcher.ModelPatcher, cls):
+        raise TypeError(f"expected a plain ComfyUI ModelPatcher, got {type(patcher).__name__}")
+    patcher.__class__ = cls
+    patcher.patch_on_device = patch_on_device
+    return patcher
