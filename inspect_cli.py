@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 
-from .errors import ZImageGGUFError
+from .errors import ModelDetectionError, ZImageGGUFError
 from .nodes.architectures import detect_diffusion_model
 from .nodes.compat import DIFFUSION_MODELS, KNOWN_ENCODERS, describe_width
 from .nodes.gguf_reader import load_gguf
@@ -29,10 +29,15 @@ def describe(path) -> list[str]:
     if gguf_file.architecture in ENCODER_ARCHS:
         arch = detect_text_encoder(gguf_file.metadata, shapes, path)
         config = encoder_config(arch, gguf_file.metadata, shapes, path)
-        known = comfy_te_model(config)
-        users = [m.display for m in DIFFUSION_MODELS.values() if known.display in m.encoders]
+        try:
+            known = comfy_te_model(config)
+        except ModelDetectionError as error:
+            known, holds = None, f"a {arch.arch} text model that ComfyUI has no encoder for ({error})"
+        else:
+            holds = f"{known.display} text encoder (ComfyUI '{known.comfy_name}')"
+        users = [m.display for m in DIFFUSION_MODELS.values() if known and known.display in m.encoders]
         lines += [
-            f"holds:        {known.display} text encoder (ComfyUI '{known.comfy_name}')",
+            f"holds:        {holds}",
             f"config:       {config.n_layers} layers, hidden {config.hidden_size}, heads {config.n_heads} "
             f"(kv {config.n_kv_heads}, dim {config.head_dim}), ffn {config.intermediate_size}, "
             f"vocab {config.vocab_size}, rope base {config.rope_theta:g}, rms eps {config.rms_eps:g}",

@@ -234,6 +234,14 @@ class GGUFFile:
         """Every tensor, in file order, as its `TensorInfo` plus its zero-copy raw bytes."""
         return {name: RawTensor(info, self.raw_tensor(name)) for name, info in self.tensors.items()}
 
+    def quantized_state_dict(self, dtype: torch.dtype = torch.float16) -> dict:
+        """Every tensor as a `QuantizedTensor` (zero-copy; `dtype` is the float type it reports
+        and dequantizes to by default), in file order."""
+        from ..ops.tensor import QuantizedTensor
+
+        return {name: QuantizedTensor(self.raw_tensor(name), info.ggml_type, info.shape, dtype)
+                for name, info in self.tensors.items()}
+
     def close(self) -> None:
         if self._mapped is None:
             return
