@@ -86,8 +86,15 @@ def load_tests_module(name: str):
     path = TESTS_DIR / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"_zimage_tests_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def load_tests_helper():
+    """load_tests_module, for test modules (they cannot import this conftest)."""
+    return load_tests_module
 
 
 def _free_port() -> int:
@@ -104,17 +111,15 @@ class ComfyServer:
     process: subprocess.Popen
 
     def request(self, path: str, body: dict | None = None, timeout: float = 60) -> tuple[int, object]:
+        """(HTTP status, decoded JSON or raw bytes)."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                status, raw = response.status, response.read()
+                status, content_type, raw = response.status, response.headers.get_content_type(), response.read()
         except urllib.error.HTTPError as error:
-            status, raw = error.code, error.read()
-        try:
-            return status, json.loads(raw)
-        except json.JSONDecodeError:
-            return status, raw
+            status, content_type, raw = error.code, error.headers.get_content_type(), error.read()
+        return status, json.loads(raw) if content_type == "application/json" else raw
 
     def get_json(self, path: str):
         status, data = self.request(path)
@@ -175,17 +180,25 @@ def model_cache() -> Path:
 
 
 # Qwen3 shapes (hidden, heads, kv heads, feed-forward) of the real releases; head size 128, the
-# full vocabulary (the tokenizer ComfyUI ships emits ids up to 151k) and 2 layers, because Z-Image
-# reads the second-to-last hidden state.
+# full vocabulary (the tokenizer ComfyUI ships emits ids up to 151k) and 3 layers: Z-Image reads
+# the second-to-last hidden state, and ComfyUI asserts |layer index| < layer count.
 QWEN3_SHAPES = {
     "Qwen3-4B": dict(hidden=2560, heads=32, kv_heads=8, ffn=9728),
     "Qwen3-1.7B": dict(hidden=2048, heads=16, kv_heads=8, ffn=6144),
 }
-QWEN3_TEST_LAYERS = 2
+QWEN3_TEST_LAYERS = 3
 ZIMAGE_TEST_LAYERS = 1
 
 
-def _link(link: Path, target: Path) -> None:
+def _drop_stale(folder: Path, prefix: str, keep: str) -> None:
+    """Remove earlier generations of a test file (other digests), so loaders list one of each."""
+    for old in folder.glob(f"{prefix}*"):
+        if old.name != keep:
+            old.unlink()
+
+
+def _link(link: Path, target: Path, prefix: str) -> None:
+    _drop_stale(link.parent, prefix, link.name)
     if link.is_symlink() or link.exists():
         if link.resolve() == target.resolve():
             return
@@ -200,8 +213,10 @@ def _qwen3_encoder(model_cache: Path, release: str) -> str:
     factories = load_tests_module("factories")
     params = dict(arch="qwen3", n_layers=QWEN3_TEST_LAYERS, head_dim=128, vocab=151936, **QWEN3_SHAPES[release])
     key = json.dumps(params, sort_keys=True) + (TESTS_DIR / "factories.py").read_text()
-    name = f"{release}-test-{QWEN3_TEST_LAYERS}layers-Q8_0-{hashlib.sha256(key.encode()).hexdigest()[:10]}.gguf"
+    prefix = f"{release}-test-"
+    name = f"{prefix}{QWEN3_TEST_LAYERS}layers-Q8_0-{hashlib.sha256(key.encode()).hexdigest()[:10]}.gguf"
     path = model_cache / "text_encoders" / name
+    _drop_stale(path.parent, prefix, name)
     if not path.exists():
         partial = path.with_name(f"{name}.partial-{os.getpid()}")
         try:
@@ -218,7 +233,7 @@ def zimage_gguf_name(model_cache) -> str:
     factory = load_tests_module("zimage_factory")
     cached = factory.cached_model("zimage_gguf", n_layers=ZIMAGE_TEST_LAYERS, style="city96")
     name = f"zimage-test-{ZIMAGE_TEST_LAYERS}layer-Q8_0-{cached.stem.rsplit('-', 1)[-1]}.gguf"
-    _link(model_cache / "diffusion_models" / name, cached)
+    _link(model_cache / "diffusion_models" / name, cached, "zimage-test-")
     return name
 
 
@@ -239,7 +254,7 @@ def flux_vae_name(model_cache) -> str:
     factory = load_tests_module("zimage_factory")
     cached = factory.cached_model("flux_vae")
     name = f"flux-vae-test-{cached.stem.rsplit('-', 1)[-1]}.safetensors"
-    _link(model_cache / "vae" / name, cached)
+    _link(model_cache / "vae" / name, cached, "flux-vae-test-")
     return name
 
 
