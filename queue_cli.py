@@ -74,6 +74,8 @@ def load_api_workflow(path) -> dict:
         raise QueueCommandError(f"{path}: no such file") from None
     except OSError as error:
         raise QueueCommandError(f"{path}: cannot read: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise QueueCommandError(f"{path}: not JSON (not UTF-8 text)") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:

@@ -129,6 +129,13 @@ def test_file_that_is_not_json(tmp_path, capsys):
     assert one_line_error(capsys).startswith(f"error: {path}: not JSON")
 
 
+def test_binary_file(tmp_path, capsys):
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGUF\x03\x00\x00\x00\xff\xfe\x00")
+    assert run_cli([str(path)]) == 1
+    assert one_line_error(capsys) == f"error: {path}: not JSON (not UTF-8 text)"
+
+
 def test_ui_format_file_names_the_fix(capsys):
     assert run_cli([str(UI_WORKFLOW), "--server", f"http://127.0.0.1:{closed_port()}"]) == 1
     assert one_line_error(capsys) == (

@@ -76,7 +76,7 @@ def pytest_collection_modifyitems(config, items):
         return
     here = Path(__file__).parent
     for item in items:
-        if here in Path(item.fspath).parents:
+        if here in item.path.parents:
             item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
 
 
