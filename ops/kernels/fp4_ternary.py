@@ -1,8 +1,8 @@
 """Kernels for the ternary types (TQ1_0, TQ2_0) and the FP4 types (MXFP4, NVFP4).
 
-Ternary values q in {-1, 0, 1} (TQ2_0 also stores 2) times an fp16 scale are exact in every
-output dtype, as are NVFP4's e4m3 scale times an FP4 value; MXFP4's power-of-two scale spans
-2^-128..2^127, beyond float16, so its float16 output goes through float32 (see run_chunked).
+Each supplies its per-block scale (float32, as gguf-py computes it) and an unpacker of the
+integer q to `dequantize_blocks`; FP4 values are unpacked doubled (integers), with the scale
+halved, as ggml does.
 """
 from __future__ import annotations
 
@@ -10,17 +10,19 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
-from .legacy import byte_index, crumb_planes, device_table, fp16_field, random_bytes, random_fp16, run_chunked
+from .legacy import byte_index, crumb_planes, dequantize_blocks, device_table, fp16_field, nibbles, random_bytes, random_fp16
 
-ALL_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+QK_K = 256
 
 
 # --- TQ2_0: qs[64] (four 2-bit values per byte, q + 1), d -----------------------------------
 
-def _fill_tq2_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    d = fp16_field(blocks, 64, out.dtype)
-    out.view(-1, 2, 4, 32).copy_(crumb_planes(blocks[:, 0:64]).view(torch.int8) - 1)
-    out.mul_(d)
+def _unpack_tq2_0(blocks: torch.Tensor) -> torch.Tensor:
+    return crumb_planes(blocks[:, 0:64]).view(-1, QK_K).view(torch.int8) - 1
+
+
+def _dequantize_tq2_0(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return dequantize_blocks(blocks, dtype, QK_K, _unpack_tq2_0, fp16_field(blocks, 64))
 
 
 # --- TQ1_0: qs[48] (five base-3 digits per byte), qh[4] (four digits per byte), d -------------
@@ -34,18 +36,19 @@ def _powers_of_three() -> np.ndarray:
     return np.array([1, 3, 9, 27, 81], dtype=np.uint8).reshape(5, 1)
 
 
-def _fill_tq1_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
+def _unpack_tq1_0(blocks: torch.Tensor) -> torch.Tensor:
     m = blocks.shape[0]
-    d = fp16_field(blocks, 52, out.dtype)
     powers = _powers_of_three(blocks.device, torch.uint8)
     shifted = torch.empty((m, 256), dtype=torch.uint8, device=blocks.device)
     torch.mul(blocks[:, 0:32].unsqueeze(1), powers, out=shifted[:, 0:160].view(m, 5, 32))
     torch.mul(blocks[:, 32:48].unsqueeze(1), powers, out=shifted[:, 160:240].view(m, 5, 16))
     torch.mul(blocks[:, 48:52].unsqueeze(1), powers[:4], out=shifted[:, 240:256].view(m, 4, 4))
     # digit - 1 = floor((3x - 256) / 256), in int16 because 3x needs ten bits.
-    q = shifted.to(torch.int16).mul_(3).sub_(256).bitwise_right_shift_(8)
-    out.copy_(q)
-    out.mul_(d)
+    return shifted.to(torch.int16).mul_(3).sub_(256).bitwise_right_shift_(8)
+
+
+def _dequantize_tq1_0(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return dequantize_blocks(blocks, dtype, QK_K, _unpack_tq1_0, fp16_field(blocks, 52))
 
 
 # --- FP4 (E2M1) values, doubled so that they are integers: 0 1 2 3 4 6 8 12 and negatives ----
@@ -75,13 +78,13 @@ def _e8m0_half() -> np.ndarray:
     return bits.astype(np.uint32).view(np.float32)
 
 
-def _fill_mxfp4(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    d = _e8m0_half(blocks.device, torch.float32).index_select(0, byte_index(blocks[:, 0])).to(out.dtype)
-    qs = blocks[:, 1:17]
-    halves = out.view(-1, 2, 16)
-    halves[:, 0].copy_(_e2m1_doubled(qs & 0x0F))
-    halves[:, 1].copy_(_e2m1_doubled(qs >> 4))
-    out.mul_(d.unsqueeze(1))
+def _unpack_mxfp4(blocks: torch.Tensor) -> torch.Tensor:
+    return _e2m1_doubled(nibbles(blocks[:, 1:17], 16))
+
+
+def _dequantize_mxfp4(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    scale = _e8m0_half(blocks.device, torch.float32).index_select(0, byte_index(blocks[:, 0])).view(-1, 1)
+    return dequantize_blocks(blocks, dtype, 32, _unpack_mxfp4, scale)
 
 
 # NVFP4: 4 UE4M3 scale bytes, then 4 sub-blocks of 8 bytes: element 16s + l is the low nibble
@@ -101,29 +104,20 @@ def _ue4m3_half() -> np.ndarray:
     return value.astype(np.float32)
 
 
-def _fill_nvfp4(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    m = blocks.shape[0]
-    d = _ue4m3_half(blocks.device, out.dtype).index_select(0, byte_index(blocks[:, 0:4])).view(m, 4, 1, 1)
-    qs = blocks[:, 4:36].reshape(m, 4, 8)
-    halves = out.view(m, 4, 2, 8)
-    halves[:, :, 0].copy_(_e2m1_doubled(qs & 0x0F))
-    halves[:, :, 1].copy_(_e2m1_doubled(qs >> 4))
-    halves.mul_(d)
+def _unpack_nvfp4(blocks: torch.Tensor) -> torch.Tensor:
+    return _e2m1_doubled(nibbles(blocks[:, 4:36], 8))
 
 
-def _kernel(ggml_type: T, block_size: int, fill, exact_dtypes):
-    def kernel(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return run_chunked(blocks, dtype, block_size, fill, exact_dtypes)
-
-    kernel.__name__ = f"dequantize_{ggml_type.name.lower()}"
-    return kernel
+def _dequantize_nvfp4(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    scale = _ue4m3_half(blocks.device, torch.float32).index_select(0, byte_index(blocks[:, 0:4])).view(-1, 4)
+    return dequantize_blocks(blocks, dtype, 64, _unpack_nvfp4, scale)
 
 
 KERNELS = {
-    T.TQ1_0: _kernel(T.TQ1_0, 256, _fill_tq1_0, ALL_FLOAT_DTYPES),
-    T.TQ2_0: _kernel(T.TQ2_0, 256, _fill_tq2_0, ALL_FLOAT_DTYPES),
-    T.MXFP4: _kernel(T.MXFP4, 32, _fill_mxfp4, (torch.float32, torch.bfloat16)),
-    T.NVFP4: _kernel(T.NVFP4, 64, _fill_nvfp4, ALL_FLOAT_DTYPES),
+    T.TQ1_0: _dequantize_tq1_0,
+    T.TQ2_0: _dequantize_tq2_0,
+    T.MXFP4: _dequantize_mxfp4,
+    T.NVFP4: _dequantize_nvfp4,
 }
 
 
