@@ -58,7 +58,8 @@ def _gguf_files(folder_name: str) -> list[str]:
     return sorted(found)
 
 
-def _progress_bar(total: int):
+def _progress_bar():
+    """A UI progress bar (in percent of the file's tensor bytes prepared)."""
     import comfy.utils
 
     bar = comfy.utils.ProgressBar(100)
@@ -93,7 +94,6 @@ class ZImageGGUFDiffusionModelLoader:
 
     def load_unet(self, unet_name, dequant_dtype="auto", patch_on_device=False):
         import comfy.model_management
-        import comfy.sd
         import folder_paths
 
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
@@ -111,7 +111,7 @@ def load_diffusion_gguf(path, dequant_dtype=None, patch_on_device=False, device=
     fixes = expected_shape_fixes(info.family, {new: shapes[old] for new, old in names.items()})
     choice = dtype_for(device or "cpu", dequant_dtype)
     state_dict, stats = build_state_dict(gguf_file, choice.compute, names=names, shapes=fixes,
-                                         progress=_progress_bar(len(names)))
+                                         progress=_progress_bar())
     ops = make_comfy_ops(LayerOptions(dequant_dtype=dequant_dtype and choice.dequant))
     patcher = comfy.sd.load_diffusion_model_state_dict(
         state_dict, model_options={"custom_operations": ops}, disable_dynamic=True)
@@ -217,7 +217,7 @@ def load_text_encoder(path, clip_type="lumina2", model_options=None, device=None
     _check_clip_type(path, clip_type, known)
     names = {hf: cpp for cpp, hf in hf_names(arch, shapes, path).items()}
     choice = dtype_for(device or "cpu")
-    state_dict, stats = build_state_dict(gguf_file, choice.compute, names=names, progress=_progress_bar(len(names)))
+    state_dict, stats = build_state_dict(gguf_file, choice.compute, names=names, progress=_progress_bar())
     for hf, cpp in names.items():
         heads = qk_permute_heads(arch, cpp, config)
         if heads:
