@@ -101,5 +101,14 @@ def test_strided_block_rows_are_read_correctly(ggml_type):
     assert torch.equal(got, reference(np.ascontiguousarray(raw[::2]), ggml_type))
 
 
+@pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_chunked_run_covers_every_block_including_a_short_last_chunk(ggml_type, dtype, monkeypatch):
+    block_size = GGML_QUANT_SIZES[ggml_type][0]
+    monkeypatch.setattr(iquants, "CPU_CHUNK_WEIGHTS", 4 * block_size)
+    raw = iquants.RANDOM_BLOCKS[ggml_type](10, np.random.default_rng(5))
+    assert torch.equal(kernel(ggml_type, raw, dtype), reference(raw, ggml_type).to(dtype))
+
+
 def test_every_iquant_has_a_kernel_and_a_block_generator():
     assert set(iquants.KERNELS) == set(IQUANTS) == set(iquants.RANDOM_BLOCKS)

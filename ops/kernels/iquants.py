@@ -152,153 +152,197 @@ def _nibbles(data: torch.Tensor) -> torch.Tensor:
     return torch.stack((data & 15, data >> 4), dim=-1).flatten(-2)
 
 
-def _odd_factor(field: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """2 * field + 1 as `dtype`: the sub-block multiplier of the IQ1/IQ2/IQ3 scales."""
-    return (field.to(torch.int32) * 2 + 1).to(dtype)
+def _odd(field: torch.Tensor) -> torch.Tensor:
+    """2 * field + 1, the sub-block multiplier of the IQ1/IQ2/IQ3 scales, as int32."""
+    return field.to(torch.int32) * 2 + 1
 
 
-def _gather(table_name: str, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    table = _table(table_name, index.device, dtype)
-    return torch.index_select(table, 0, index.reshape(-1))
+# --- decoders: a chunk of blocks -> (table, row index per group of weights, scale factors) ------
+# Factors are (n, groups) tensors applied in order to equal runs of weights; each is exact in
+# float16 and so is every partial product (see the table comments), so float16 stays exact.
+
+Decoded = tuple[str, torch.Tensor, list[torch.Tensor]]
 
 
-# --- kernels (each writes `dtype` directly; see _exact_in for which dtypes that is valid) -----
-
-
-def _iq2_xxs(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _iq2_xxs(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
     groups = blocks[:, 2:].reshape(n, 8, 8)  # per 32 weights: 4 grid bytes, 1 uint32 of signs+scale
     aux = _reinterpret(groups[:, :, 4:], torch.int32)  # (n, 8, 1)
-    sign_index = (aux >> _constant((0, 7, 14, 21), blocks.device, torch.int32)) & 127
-    index = (groups[:, :, :4].to(torch.int32) << 7) | sign_index
-    out = _gather("iq2_xxs", index, dtype).view(n, 8, 32)
-    out.mul_(_odd_factor((aux >> 28) & 15, dtype))
-    return out.view(n, 256).mul_(_fp16_field(blocks, 0).to(dtype))
+    index = groups[:, :, :4].to(torch.int32)
+    index <<= 7
+    index |= (aux >> _constant((0, 7, 14, 21), blocks.device, torch.int32)) & 127
+    return "iq2_xxs", index, [_odd((aux.view(n, 8) >> 28) & 15), _fp16_field(blocks, 0)]
 
 
-def _iq2_xs(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _iq2_xs(blocks: torch.Tensor) -> Decoded:
+    index = _words(blocks, 2, 66, torch.int16).to(torch.int32)
+    index &= 0xFFFF
+    return "iq2_xs", index, [_odd(_nibbles(blocks[:, 66:74])), _fp16_field(blocks, 0)]
+
+
+def _iq2_s(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
-    fields = _words(blocks, 2, 66, torch.int16).to(torch.int32) & 0xFFFF  # (n, 32)
-    out = _gather("iq2_xs", fields, dtype).view(n, 16, 16)
-    out.mul_(_odd_factor(_nibbles(blocks[:, 66:74]), dtype).unsqueeze(-1))
-    return out.view(n, 256).mul_(_fp16_field(blocks, 0).to(dtype))
-
-
-def _iq2_s(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    n = blocks.shape[0]
-    low = blocks[:, 2:34].to(torch.int32)
-    signs = blocks[:, 34:66].to(torch.int32)
     high = (blocks[:, 66:74].unsqueeze(-1) >> _constant((0, 2, 4, 6), blocks.device, torch.uint8)) & 3
-    index = (((high.view(n, 32).to(torch.int32) << 8) | low) << 8) | signs
-    out = _gather("iq2_s", index, dtype).view(n, 16, 16)
-    out.mul_(_odd_factor(_nibbles(blocks[:, 74:82]), dtype).unsqueeze(-1))
-    return out.view(n, 256).mul_(_fp16_field(blocks, 0).to(dtype))
+    index = high.view(n, 32).to(torch.int32)
+    index <<= 8
+    index |= blocks[:, 2:34]
+    index <<= 8
+    index |= blocks[:, 34:66]
+    return "iq2_s", index, [_odd(_nibbles(blocks[:, 74:82])), _fp16_field(blocks, 0)]
 
 
-def _iq3_xxs(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _iq3_xxs(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
     aux = _words(blocks, 66, 98, torch.int32).view(n, 8, 1)
-    # 7-bit sign index of each 8 weights, placed at bit 1; bit 0 picks the half for 4 weights
-    sign_index = ((aux >> _constant((0, 7, 14, 21), blocks.device, torch.int32)) & 127) << 1
-    half = _constant((0, 1), blocks.device, torch.int32)
-    grid = blocks[:, 2:66].reshape(n, 8, 4, 2).to(torch.int32) << 8
-    index = grid | (sign_index.unsqueeze(-1) | half)
-    out = _gather("iq3_xxs", index, dtype).view(n, 8, 32)
-    out.mul_(_odd_factor((aux >> 28) & 15, dtype))
-    return out.view(n, 256).mul_(_fp16_field(blocks, 0).to(dtype))
+    # 7-bit sign index of each 8 weights at bit 1; bit 0 picks which half of them a row holds
+    signs = (aux >> _constant((0, 7, 14, 21), blocks.device, torch.int32)) & 127
+    signs <<= 1
+    index = blocks[:, 2:66].reshape(n, 8, 4, 2).to(torch.int32)
+    index <<= 8
+    index |= signs.unsqueeze(-1) | _constant((0, 1), blocks.device, torch.int32)
+    return "iq3_xxs", index, [_odd((aux.view(n, 8) >> 28) & 15), _fp16_field(blocks, 0)]
 
 
-def _iq3_s(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _iq3_s(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
     high = (blocks[:, 66:74].unsqueeze(-1) >> _constant(tuple(range(8)), blocks.device, torch.uint8)) & 1
-    grid = blocks[:, 2:66].to(torch.int32) | (high.view(n, 64).to(torch.int32) << 8)
-    index = (grid << 4) | _nibbles(blocks[:, 74:106]).to(torch.int32)
-    out = _gather("iq3_s", index, dtype).view(n, 8, 32)
-    out.mul_(_odd_factor(_nibbles(blocks[:, 106:110]), dtype).unsqueeze(-1))
-    return out.view(n, 256).mul_(_fp16_field(blocks, 0).to(dtype))
+    index = high.view(n, 64).to(torch.int32)
+    index <<= 8
+    index |= blocks[:, 2:66]
+    index <<= 4
+    index |= _nibbles(blocks[:, 74:106])
+    return "iq3_s", index, [_odd(_nibbles(blocks[:, 106:110])), _fp16_field(blocks, 0)]
 
 
-def _iq1_s(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _iq1_s(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
     qh = _words(blocks, 34, 50, torch.int16).view(n, 8, 1)
-    key = ((qh >> 12) & 15) << 11  # 3-bit scale and delta sign: the table's top 4 index bits
-    high = ((qh >> _constant((0, 3, 6, 9), blocks.device, torch.int16)) & 7) << 8
-    index = key | high | blocks[:, 2:34].view(n, 8, 4).to(torch.int16)
-    out = _gather("iq1", index.to(torch.int32), dtype).view(n, 256)
-    return out.mul_(_fp16_field(blocks, 0).to(dtype))
+    high = (qh >> _constant((0, 3, 6, 9), blocks.device, torch.int16)) & 7
+    high <<= 8
+    high |= ((qh >> 12) & 15) << 11  # 3-bit scale and delta sign: the table's top 4 index bits
+    index = blocks[:, 2:34].view(n, 8, 4).to(torch.int32)
+    index |= high
+    return "iq1", index, [_fp16_field(blocks, 0)]
 
 
-def _iq1_m(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _iq1_m(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
     packed_scales = _words(blocks, 48, 56, torch.int16).view(n, 4, 1)
     # 3-bit scale per 16 weights, i.e. per two 8-weight groups
     scale = (packed_scales >> _constant((0, 3, 6, 9), blocks.device, torch.int16)) & 7
-    scale = scale.view(n, 16, 1).expand(n, 16, 2).reshape(n, 32)
-    qh = _nibbles(blocks[:, 32:48]).to(torch.int16)  # per 8 weights: 3 grid bits, delta sign
-    index = ((scale | (qh & 8)) << 11) | ((qh & 7) << 8) | blocks[:, :32].to(torch.int16)
-    out = _gather("iq1", index.to(torch.int32), dtype).view(n, 256)
+    qh = _nibbles(blocks[:, 32:48]).view(n, 16, 2)  # per 8 weights: 3 grid bits, delta sign
+    key = (qh & 8).to(torch.int16)
+    key |= scale.view(n, 16, 1)
+    key <<= 3
+    key |= qh & 7
+    index = key.view(n, 32).to(torch.int32)
+    index <<= 8
+    index |= blocks[:, :32]
     # the fp16 block scale is spread over the top nibbles of the four scale words
     top = blocks[:, 48:56].reshape(n, 2, 4)[:, :, 1::2]  # high bytes of words 0,1 | 2,3
     d_bytes = (top[:, :, 0] >> 4) | (top[:, :, 1] & 0xF0)
-    return out.mul_(_reinterpret(d_bytes, torch.float16).to(dtype))
+    return "iq1", index, [_reinterpret(d_bytes, torch.float16)]
 
 
 def _iq4_codes(data: torch.Tensor) -> torch.Tensor:
     """(n, 4k) code bytes -> (n, 2, k) int32 table rows: row [h, m] packs the low (h=0) or high
     (h=1) nibbles of bytes 4m..4m+3, which are weights h*2k + 4m .. h*2k + 4m + 3."""
     words = _reinterpret(data, torch.int32)
-    halves = torch.stack((words & 0x0F0F0F0F, (words >> 4) & 0x0F0F0F0F), dim=-2)
-    pairs = halves | (halves >> 4)  # bytes 0 and 2 now hold two codes each
-    return (pairs & 0xFF) | ((pairs >> 8) & 0xFF00)
+    codes = torch.stack((words, words >> 4), dim=-2)
+    codes &= 0x0F0F0F0F
+    codes |= codes >> 4  # bytes 0 and 2 now hold two codes each
+    return (codes & 0xFF) | ((codes >> 8) & 0xFF00)
 
 
-def _iq4_nl(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _iq4_nl(blocks: torch.Tensor) -> Decoded:
+    return "iq4", _iq4_codes(blocks[:, 2:18]), [_fp16_field(blocks, 0)]
+
+
+def _iq4_xs(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
-    out = _gather("iq4", _iq4_codes(blocks[:, 2:18]), dtype).view(n, 32)
-    return out.mul_(_fp16_field(blocks, 0).to(dtype))
-
-
-def _iq4_xs(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    n = blocks.shape[0]
-    codes = _iq4_codes(blocks[:, 8:136].reshape(n * 8, 16))
-    out = _gather("iq4", codes, dtype).view(n, 8, 32)
     high = _words(blocks, 2, 4, torch.int16).view(n, 1)
     high = (high >> _constant(tuple(range(0, 16, 2)), blocks.device, torch.int16)) & 3
-    scale = (_nibbles(blocks[:, 4:8]).to(torch.int16) | (high << 4)) - 32
-    out.mul_(scale.to(dtype).unsqueeze(-1))
-    return out.view(n, 256).mul_(_fp16_field(blocks, 0).to(dtype))
+    high <<= 4
+    scale = (high | _nibbles(blocks[:, 4:8])) - 32
+    return "iq4", _iq4_codes(blocks[:, 8:136].reshape(n * 8, 16)), [scale, _fp16_field(blocks, 0)]
 
 
-# float16 is exact for a kernel only if every in-place multiply above has fp16-exact operands
-_FLOAT16_EXACT = frozenset({_iq2_xxs, _iq2_xs, _iq2_s, _iq3_xxs, _iq3_s, _iq1_s, _iq1_m, _iq4_nl})
+# --- driver ------------------------------------------------------------------------------------
 
 
-def _exact_in(kernel, dtype: torch.dtype) -> bool:
-    return dtype == torch.float32 or (dtype == torch.float16 and kernel in _FLOAT16_EXACT)
+def _gather(table_name: str, index: torch.Tensor, out: torch.Tensor) -> None:
+    """Write table rows `index` (flattened) into `out`, viewed as rows of the table's width."""
+    table = _table(table_name, out.device, out.dtype)
+    index = index.reshape(-1)
+    row_bytes = table.shape[1] * table.element_size()
+    if out.device.type == "cpu" and row_bytes in _ROW_WORDS:
+        # torch's CPU index_select copies each row of a 2-D table through a TensorIterator; one
+        # 8- or 16-byte element per row takes its plain 1-D loop instead, about twice as fast.
+        word = _ROW_WORDS[row_bytes]
+        torch.index_select(table.view(word).view(-1), 0, index, out=out.view(word).view(-1))
+    else:
+        torch.index_select(table, 0, index, out=out.view(-1, table.shape[1]))
 
 
-def _dispatching(kernel):
-    @functools.wraps(kernel)
-    def run(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        if _exact_in(kernel, dtype):
-            return kernel(blocks, dtype)
-        return kernel(blocks, torch.float32).to(dtype)
+_ROW_WORDS = {8: torch.int64, 16: torch.complex128}
 
-    return run
+
+def _decode_into(decode, blocks: torch.Tensor, values: torch.Tensor) -> None:
+    table_name, index, factors = decode(blocks)
+    _gather(table_name, index, values)
+    if values.dtype == torch.float32 and len(factors) > 1:
+        # float32 holds every product of the factors exactly: one multiply instead of several
+        factors = [functools.reduce(torch.mul, [factor.float() for factor in factors])]
+    n = values.shape[0]
+    for factor in factors:
+        values.view(n, factor.shape[1], -1).mul_(factor.to(values.dtype).unsqueeze(-1))
+
+
+# On CPU every temporary above glibc's mmap threshold is fresh memory on every call, and page
+# faults cost as much as the arithmetic; the gathered values also fall out of cache before the
+# multiplies reach them. Slices of this many weights keep temporaries small, reused and cached.
+CPU_CHUNK_WEIGHTS = 1 << 20
+ACCELERATOR_CHUNK_WEIGHTS = 1 << 24
+
+
+def _kernel(ggml_type, decode, float16_direct: bool):
+    """The dequantize function for one type. `float16_direct`: float16 is computed in float16
+    (exact for that decoder); otherwise, and for bfloat16, in float32 scratch cast once."""
+    block_size = GGML_QUANT_SIZES[ggml_type][0]
+
+    def dequantize(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        n = blocks.shape[0]
+        device = blocks.device
+        out = torch.empty((n, block_size), dtype=dtype, device=device)
+        direct = dtype == torch.float32 or (dtype == torch.float16 and float16_direct)
+        chunk = CPU_CHUNK_WEIGHTS if device.type == "cpu" else ACCELERATOR_CHUNK_WEIGHTS
+        rows = max(1, chunk // block_size)
+        scratch = None if direct else torch.empty((min(rows, n), block_size), dtype=torch.float32, device=device)
+        for start in range(0, n, rows):
+            target = out[start:start + rows]
+            values = target if scratch is None else scratch[: target.shape[0]]
+            _decode_into(decode, blocks[start:start + rows], values)
+            if scratch is not None:
+                target.copy_(values)
+        return out
+
+    dequantize.__name__ = dequantize.__qualname__ = f"dequantize_{ggml_type.name.lower()}"
+    return dequantize
 
 
 _Q = GGMLQuantizationType
 
 KERNELS = {
-    _Q.IQ1_S: _dispatching(_iq1_s),
-    _Q.IQ1_M: _dispatching(_iq1_m),
-    _Q.IQ2_XXS: _dispatching(_iq2_xxs),
-    _Q.IQ2_XS: _dispatching(_iq2_xs),
-    _Q.IQ2_S: _dispatching(_iq2_s),
-    _Q.IQ3_XXS: _dispatching(_iq3_xxs),
-    _Q.IQ3_S: _dispatching(_iq3_s),
-    _Q.IQ4_NL: _dispatching(_iq4_nl),
-    _Q.IQ4_XS: _dispatching(_iq4_xs),
+    _Q.IQ1_S: _kernel(_Q.IQ1_S, _iq1_s, float16_direct=True),
+    _Q.IQ1_M: _kernel(_Q.IQ1_M, _iq1_m, float16_direct=True),
+    _Q.IQ2_XXS: _kernel(_Q.IQ2_XXS, _iq2_xxs, float16_direct=True),
+    _Q.IQ2_XS: _kernel(_Q.IQ2_XS, _iq2_xs, float16_direct=True),
+    _Q.IQ2_S: _kernel(_Q.IQ2_S, _iq2_s, float16_direct=True),
+    _Q.IQ3_XXS: _kernel(_Q.IQ3_XXS, _iq3_xxs, float16_direct=True),
+    _Q.IQ3_S: _kernel(_Q.IQ3_S, _iq3_s, float16_direct=True),
+    _Q.IQ4_NL: _kernel(_Q.IQ4_NL, _iq4_nl, float16_direct=True),
+    # (s - 32) x codebook value can need 12 significant bits: float16 cannot hold the factor
+    _Q.IQ4_XS: _kernel(_Q.IQ4_XS, _iq4_xs, float16_direct=False),
 }
 
 
