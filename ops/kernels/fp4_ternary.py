@@ -10,15 +10,18 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
-from .legacy import byte_index, crumb_planes, dequantize_blocks, device_table, fp16_field, nibbles, random_bytes, random_fp16
+from .legacy import byte_index, crumb_planes, dequantize_blocks, device_table, fp16_field, random_bytes, random_fp16
 
 QK_K = 256
 
 
 # --- TQ2_0: qs[64] (four 2-bit values per byte, q + 1), d -----------------------------------
 
-def _unpack_tq2_0(blocks: torch.Tensor) -> torch.Tensor:
-    return crumb_planes(blocks[:, 0:64]).view(-1, QK_K).view(torch.int8) - 1
+def _unpack_tq2_0(blocks: torch.Tensor, values: torch.Tensor) -> None:
+    m = blocks.shape[0]
+    crumbs = crumb_planes(blocks).view(torch.int8)
+    crumbs.sub_(1)
+    values.view(m, 2, 4, 32).copy_(crumbs[:, :, 0:64].view(4, m, 2, 32).permute(1, 2, 0, 3))
 
 
 def _dequantize_tq2_0(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -36,15 +39,14 @@ def _powers_of_three() -> np.ndarray:
     return np.array([1, 3, 9, 27, 81], dtype=np.uint8).reshape(5, 1)
 
 
-def _unpack_tq1_0(blocks: torch.Tensor) -> torch.Tensor:
+def _unpack_tq1_0(blocks: torch.Tensor, values: torch.Tensor) -> None:
     m = blocks.shape[0]
-    powers = _powers_of_three(blocks.device, torch.uint8)
-    shifted = torch.empty((m, 256), dtype=torch.uint8, device=blocks.device)
-    torch.mul(blocks[:, 0:32].unsqueeze(1), powers, out=shifted[:, 0:160].view(m, 5, 32))
-    torch.mul(blocks[:, 32:48].unsqueeze(1), powers, out=shifted[:, 160:240].view(m, 5, 16))
-    torch.mul(blocks[:, 48:52].unsqueeze(1), powers[:4], out=shifted[:, 240:256].view(m, 4, 4))
+    shifted = blocks.reshape(1, -1) * _powers_of_three(blocks.device, torch.uint8)
     # digit - 1 = floor((3x - 256) / 256), in int16 because 3x needs ten bits.
-    return shifted.to(torch.int16).mul_(3).sub_(256).bitwise_right_shift_(8)
+    digits = shifted.to(torch.int16).mul_(3).sub_(256).bitwise_right_shift_(8).view(5, m, 54)
+    values[:, 0:160].view(m, 5, 32).copy_(digits[:, :, 0:32].transpose(0, 1))
+    values[:, 160:240].view(m, 5, 16).copy_(digits[:, :, 32:48].transpose(0, 1))
+    values[:, 240:256].view(m, 4, 4).copy_(digits[0:4, :, 48:52].transpose(0, 1))
 
 
 def _dequantize_tq1_0(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -52,18 +54,38 @@ def _dequantize_tq1_0(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 # --- FP4 (E2M1) values, doubled so that they are integers: 0 1 2 3 4 6 8 12 and negatives ----
+# Looked up per whole byte (both nibbles' values from one index): cheaper on a CPU than the
+# dozen small integer ops that decode the format arithmetically.
 
-def _e2m1_doubled(nibbles: torch.Tensor) -> torch.Tensor:
-    """uint8 nibbles (sign bit 3, exponent bits 2-1, mantissa bit 0) -> int8 doubled E2M1 values.
 
-    Exponent e > 0 gives (2 + mantissa) << (e - 1); e = 0 gives the mantissa (subnormal).
-    Written as mant << shift with shift = max(e - 1, 0) and mant = magnitude bits - 2 * shift.
+def _e2m1_doubled(nibble: np.ndarray) -> np.ndarray:
+    """Sign bit 3, exponent bits 2-1, mantissa bit 0 -> twice the E2M1 value (an integer).
+
+    Exponent e > 0: 2^(e-1) * (1 + m/2), doubled (2 + m) << (e - 1); e = 0: subnormal m/2, doubled m.
     """
-    magnitude = (nibbles & 7).view(torch.int8)
-    shift = ((magnitude >> 1) - 1).clamp_(min=0)
-    value = (magnitude - (shift << 1)) << shift
-    negate = -(nibbles >> 3).view(torch.int8)  # 0 or -1 (all bits set)
-    return (value ^ negate) - negate
+    sign = np.where(nibble & 8, -1, 1)
+    exponent = (nibble >> 1) & 3
+    mantissa = nibble & 1
+    magnitude = np.where(exponent == 0, mantissa, (2 + mantissa) << np.maximum(exponent - 1, 0))
+    return (sign * magnitude).astype(np.int8)
+
+
+@device_table
+def _e2m1_of_low_nibble() -> np.ndarray:
+    return _e2m1_doubled(np.arange(256) & 0x0F)
+
+
+@device_table
+def _e2m1_of_high_nibble() -> np.ndarray:
+    return _e2m1_doubled(np.arange(256) >> 4)
+
+
+def _fp4_values(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m, w) bytes -> int8 doubled FP4 values of their low and of their high nibbles, (m, w) each."""
+    index = byte_index(raw)
+    low = _e2m1_of_low_nibble(raw.device, torch.int8).index_select(0, index)
+    high = _e2m1_of_high_nibble(raw.device, torch.int8).index_select(0, index)
+    return low.view(raw.shape), high.view(raw.shape)
 
 
 # MXFP4: e (E8M0 exponent byte), qs[16]: element l is the low nibble of qs[l], 16 + l the high.
@@ -78,8 +100,9 @@ def _e8m0_half() -> np.ndarray:
     return bits.astype(np.uint32).view(np.float32)
 
 
-def _unpack_mxfp4(blocks: torch.Tensor) -> torch.Tensor:
-    return _e2m1_doubled(nibbles(blocks[:, 1:17], 16))
+def _unpack_mxfp4(blocks: torch.Tensor, values: torch.Tensor) -> None:
+    fp4 = torch.stack(_fp4_values(blocks[:, 1:17]), dim=1)
+    values.view(fp4.shape).copy_(fp4)
 
 
 def _dequantize_mxfp4(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -104,8 +127,11 @@ def _ue4m3_half() -> np.ndarray:
     return value.astype(np.float32)
 
 
-def _unpack_nvfp4(blocks: torch.Tensor) -> torch.Tensor:
-    return _e2m1_doubled(nibbles(blocks[:, 4:36], 8))
+def _unpack_nvfp4(blocks: torch.Tensor, values: torch.Tensor) -> None:
+    m = blocks.shape[0]
+    low, high = _fp4_values(blocks[:, 4:36])
+    fp4 = torch.stack((low.view(m, 4, 8), high.view(m, 4, 8)), dim=2)
+    values.view(fp4.shape).copy_(fp4)
 
 
 def _dequantize_nvfp4(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -5,15 +5,15 @@ per-sub-block d * sub_scale and dmin * sub_min once for all blocks, in float32 a
 and hand them with an unpacker of q to `dequantize_blocks`.
 
 Element order inside a block follows ggml's block_q*_K structs: the quant bytes are split into
-groups of 32 (or 64 for Q6_K's low nibbles); "plane" k of a group (bit pair k, nibble k, ...)
-is a run of 32 consecutive output elements.
+groups of 32 (or 64 for Q6_K's low nibbles), and plane k of a group (bit pair k, nibble k,
+bit k) is a run of 32 consecutive output elements.
 """
 from __future__ import annotations
 
 import torch
 from gguf import GGMLQuantizationType as T
 
-from .legacy import bit_planes, crumb_planes, dequantize_blocks, fp16_field, nibbles, random_with_fp16_fields
+from .legacy import bit_planes, crumb_planes, dequantize_blocks, fp16_field, nibble_planes, random_with_fp16_fields
 
 QK_K = 256
 
@@ -34,8 +34,10 @@ def _six_bit_scales_and_mins(packed: torch.Tensor) -> tuple[torch.Tensor, torch.
 # Q2_K: scales[16] (low nibble: scale, high nibble: min of a 16-element sub-block), qs[64],
 # d, dmin. Bit pair k of qs byte 32h + l is element 128h + 32k + l.
 
-def _unpack_q2_k(blocks: torch.Tensor) -> torch.Tensor:
-    return crumb_planes(blocks[:, 16:80]).view(-1, QK_K)
+def _unpack_q2_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
+    m = blocks.shape[0]
+    crumbs = crumb_planes(blocks)[:, :, 16:80].view(4, m, 2, 32)
+    values.view(m, 2, 4, 32).copy_(crumbs.permute(1, 2, 0, 3))
 
 
 def _dequantize_q2_k(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -50,31 +52,42 @@ def _dequantize_q2_k(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 # in bytes 0-7 (low nibbles: scales 0-7, high: 8-15), top 2 bits in bytes 8-11 (bit pair k
 # of byte i belongs to scale 4k + i).
 
-def _unpack_q3_k(blocks: torch.Tensor) -> torch.Tensor:
+def _unpack_q3_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
     m = blocks.shape[0]
-    q = crumb_planes(blocks[:, 32:96]).view(m, 8, 32) | (bit_planes(blocks[:, 0:32]) << 2)
-    return q.view(m, QK_K).view(torch.int8) - 4
+    low = crumb_planes(blocks)[:, :, 32:96].view(4, m, 2, 32).permute(1, 2, 0, 3)
+    high = bit_planes(blocks[:, 0:32]).transpose(0, 1).view(m, 2, 4, 32)
+    q = torch.add(low, high, alpha=4)
+    q.view(torch.int8).sub_(4)
+    values.view(m, 2, 4, 32).copy_(q.view(torch.int8))
 
 
 def _dequantize_q3_k(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     n = blocks.shape[0]
     low, high = blocks[:, 96:104], blocks[:, 104:108]
-    six_bit = torch.cat([low & 0x0F, low >> 4], dim=1) | (crumb_planes(high, width=4).view(n, 16) << 4)
+    top_bits = crumb_planes(high).permute(1, 0, 2).reshape(n, 16)
+    six_bit = torch.cat([low & 0x0F, low >> 4], dim=1) | (top_bits << 4)
     scale = fp16_field(blocks, 108) * (six_bit.view(torch.int8) - 32)
     return dequantize_blocks(blocks, dtype, QK_K, _unpack_q3_k, scale)
 
 
-# Q4_K: d, dmin, scales[12], qs[128]; Q5_K adds qh[32] before qs. Each 32 qs bytes hold two
-# 32-element sub-blocks (low nibbles, then high); Q5_K's bit j of qh byte l is the fifth bit
-# of element 32j + l.
+# Q4_K: d, dmin, scales[12], qs[128]; Q5_K adds qh[32] before qs. qs byte 32c + l holds
+# elements 64c + l (low nibble) and 64c + 32 + l (high); Q5_K's bit j of qh byte l is the
+# fifth bit of element 32j + l.
 
-def _unpack_q4_k(blocks: torch.Tensor) -> torch.Tensor:
-    return nibbles(blocks[:, 16:144], 32)
-
-
-def _unpack_q5_k(blocks: torch.Tensor) -> torch.Tensor:
+def _nibble_groups(blocks: torch.Tensor, start: int) -> torch.Tensor:
+    """(m, 4, 2, 32) view of the nibbles of the 128 bytes at `start`, in output order."""
     m = blocks.shape[0]
-    return nibbles(blocks[:, 48:176], 32) | (bit_planes(blocks[:, 16:48]) << 4).view(m, QK_K)
+    return nibble_planes(blocks)[:, :, start : start + 128].view(2, m, 4, 32).permute(1, 2, 0, 3)
+
+
+def _unpack_q4_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
+    values.view(-1, 4, 2, 32).copy_(_nibble_groups(blocks, 16))
+
+
+def _unpack_q5_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
+    m = blocks.shape[0]
+    fifth = bit_planes(blocks[:, 16:48]).transpose(0, 1).view(m, 4, 2, 32)
+    values.view(m, 4, 2, 32).copy_(torch.add(_nibble_groups(blocks, 48), fifth, alpha=16))
 
 
 def _with_six_bit_scales(unpack):
@@ -91,10 +104,14 @@ def _with_six_bit_scales(unpack):
 # takes bit pair k of qh byte 32h + l as bits 4-5; planes 0-1 take the low nibbles of
 # ql bytes 64h + 0..63, planes 2-3 the high nibbles. q is stored with +32.
 
-def _unpack_q6_k(blocks: torch.Tensor) -> torch.Tensor:
+def _unpack_q6_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
     m = blocks.shape[0]
-    high = crumb_planes(blocks[:, 128:192]).view(m, QK_K) << 4
-    return (nibbles(blocks[:, 0:128], 64) | high).view(torch.int8) - 32
+    # (m, half, nibble, 64 bytes as 2 x 32) and (m, half, bit pair as 2 x 2, 32)
+    low = nibble_planes(blocks)[:, :, 0:128].view(2, m, 2, 2, 32).permute(1, 2, 0, 3, 4)
+    high = crumb_planes(blocks[:, 128:192]).view(4, m, 2, 32).permute(1, 2, 0, 3).reshape(m, 2, 2, 2, 32)
+    q = torch.add(low, high, alpha=16).view(torch.int8)
+    q.sub_(32)
+    values.view(m, 2, 2, 2, 32).copy_(q)
 
 
 def _dequantize_q6_k(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

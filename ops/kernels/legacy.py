@@ -20,7 +20,6 @@ float16 conversion.
 from __future__ import annotations
 
 import functools
-import itertools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -28,8 +27,9 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-# Unpacks (m, type_size) uint8 blocks into (m, block_size) integers in output element order.
-Unpack = Callable[[torch.Tensor], torch.Tensor]
+# Writes the integers q of (m, type_size) uint8 blocks, in output order, into a float32
+# (m, block_size) tensor.
+Unpack = Callable[[torch.Tensor, torch.Tensor], None]
 
 # At most torch's intra-op grain size (32768), so that every op on a CPU chunk runs on the
 # calling thread: the driver spreads chunks over its own threads instead (see below).
@@ -66,30 +66,29 @@ def dequantize_blocks(
     out = torch.empty((n_blocks, block_size), dtype=dtype, device=device)
     on_cpu = device.type == "cpu"
     rows = max(1, (CPU_CHUNK_ELEMENTS if on_cpu else ACCELERATOR_CHUNK_ELEMENTS) // block_size)
-    scale = scale.unsqueeze(-1)
-    offset = None if offset is None else offset.unsqueeze(-1)
-    starts = itertools.count(0, rows)  # shared by all threads; next() is atomic under the GIL
+    # Slice everything up front: one call instead of several slicing ops per chunk.
+    block_chunks = blocks.split(rows)
+    out_chunks = out.split(rows)
+    scale_chunks = scale.unsqueeze(-1).split(rows)
+    offset_chunks = None if offset is None else offset.unsqueeze(-1).split(rows)
+    staged = dtype != torch.float32
+    next_chunk = iter(range(len(block_chunks)))  # shared by all threads; next() is atomic under the GIL
 
     def work() -> None:
-        scratch = None
-        if dtype != torch.float32:
-            scratch = torch.empty((min(rows, n_blocks), block_size), dtype=torch.float32, device=device)
-        for start in starts:
-            if start >= n_blocks:
-                return
-            stop = start + rows
-            chunk = blocks[start:stop]
+        scratch = torch.empty((rows, block_size), dtype=torch.float32, device=device) if staged else None
+        for i in next_chunk:
+            chunk = block_chunks[i]
             m = chunk.shape[0]
-            values = out[start:stop] if scratch is None else scratch[:m]
-            values.copy_(unpack(chunk))
+            values = out_chunks[i] if scratch is None else scratch[:m]
+            unpack(chunk, values)
             sub_blocks = values.view(m, n_sub, block_size // n_sub)
-            sub_blocks.mul_(scale[start:stop])
-            if offset is not None:
-                sub_blocks.add_(offset[start:stop])
-            if scratch is not None:
-                out[start:stop].copy_(values)
+            sub_blocks.mul_(scale_chunks[i])
+            if offset_chunks is not None:
+                sub_blocks.add_(offset_chunks[i])
+            if staged:
+                out_chunks[i].copy_(values)
 
-    n_helpers = min(torch.get_num_threads(), -(-n_blocks // rows)) - 1 if on_cpu else 0
+    n_helpers = min(torch.get_num_threads(), len(block_chunks)) - 1 if on_cpu else 0
     helpers = [_helper_pool(n_helpers).submit(work) for _ in range(n_helpers)] if n_helpers > 0 else []
     work()
     for helper in helpers:
@@ -114,7 +113,12 @@ def device_table(build: Callable[[], np.ndarray]):
 
 def byte_index(raw: torch.Tensor) -> torch.Tensor:
     """Flatten uint8 bytes into int32 indices for index_select (int32: no int64 intermediate)."""
-    return raw.reshape(-1).to(torch.int32)
+    return raw.to(torch.int32).reshape(-1)
+
+
+@device_table
+def _nibble_shifts() -> np.ndarray:
+    return np.array([0, 4], dtype=np.uint8).reshape(2, 1)
 
 
 @device_table
@@ -127,21 +131,42 @@ def _bit_shifts() -> np.ndarray:
     return np.arange(8, dtype=np.uint8).reshape(8, 1)
 
 
-def crumb_planes(raw: torch.Tensor, width: int = 32) -> torch.Tensor:
-    """(m, g*width) bytes -> (m, g, 4, width) uint8: plane k holds bits 2k..2k+1 of each byte of group g."""
-    grouped = raw.reshape(raw.shape[0], -1, 1, width)
-    return (grouped >> _crumb_shifts(raw.device, torch.uint8)) & 3
+# The plane helpers work on the bytes as one flat run with the plane as the OUTER dimension:
+# uint8 ops on short rows (16 or 32 bytes) fall back to scalar loops, flat ones vectorise.
+# Callers then pick their fields out of the planes with views, and the copy into the float32
+# values does the reordering. Passing a whole chunk avoids copying; passing a column slice
+# copies it first, which pays off when the field is a small part of the block.
+
+def _planes(raw: torch.Tensor, shifts, mask: int) -> torch.Tensor:
+    m, width = raw.shape
+    flat = raw.reshape(1, -1)
+    planes = flat >> shifts(raw.device, torch.uint8)
+    planes &= mask
+    return planes.view(-1, m, width)
+
+
+def nibble_planes(raw: torch.Tensor) -> torch.Tensor:
+    """(m, w) bytes -> (2, m, w) uint8: [0] the low nibbles, [1] the high nibbles."""
+    return _planes(raw, _nibble_shifts, 0x0F)
+
+
+def crumb_planes(raw: torch.Tensor) -> torch.Tensor:
+    """(m, w) bytes -> (4, m, w) uint8: [k] bits 2k..2k+1 of each byte."""
+    return _planes(raw, _crumb_shifts, 0x03)
 
 
 def bit_planes(raw: torch.Tensor) -> torch.Tensor:
-    """(m, w) bytes -> (m, 8, w) uint8 of 0/1: plane j holds bit j of each byte."""
-    return (raw.unsqueeze(1) >> _bit_shifts(raw.device, torch.uint8)) & 1
+    """(m, w) bytes -> (8, m, w) uint8 of 0/1: [j] bit j of each byte."""
+    return _planes(raw, _bit_shifts, 0x01)
 
 
-def nibbles(raw: torch.Tensor, width: int) -> torch.Tensor:
-    """(m, g*width) bytes -> (m, g*2*width) uint8: per group, the low nibbles, then the high ones."""
-    grouped = raw.reshape(raw.shape[0], -1, width)
-    return torch.stack((grouped & 0x0F, grouped >> 4), dim=2).view(raw.shape[0], -1)
+def planes_to_blocks(planes: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """(k, m, ...) planes -> contiguous tensor with the plane axis moved to `dim`.
+
+    For rows of 8 or 16 bytes, stacking the planes is cheaper than letting the float32
+    conversion copy gather them (that copy pays per row, and more so with a dtype change).
+    """
+    return torch.stack(planes.unbind(0), dim=dim)
 
 
 def random_fp16(rng: np.random.Generator, n_blocks: int, magnitude: float, signed: bool = True) -> np.ndarray:
@@ -201,34 +226,54 @@ def _random_floats(numpy_dtype: str):
 # d * q + m for the _1 types; the unpackers and scale/offset below follow that.
 
 
-def _five_bit_quants(qh: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
-    """(m, 4) qh bytes and (m, 16) nibble bytes -> (m, 32) uint8 q in 0..31.
+@device_table
+def _fifth_bit_minus_16() -> np.ndarray:
+    """Q5_0, per qh byte: its 8 bits as 8 bytes (int64 little-endian) of 0 (bit set) or -16 (clear).
 
-    Read as a little-endian uint32, qh's bit j is element j's fifth bit: byte j // 8, bit j % 8.
+    Added to the nibble in uint8 (wrapping), this gives q - 16 as int8 directly.
     """
-    m = qs.shape[0]
-    fifth = (bit_planes(qh) << 4).transpose(1, 2).reshape(m, 32)
-    return nibbles(qs, 16) | fifth
+    bits = (np.arange(256)[:, None] >> np.arange(8)) & 1
+    return np.where(bits == 1, 0, 240).astype(np.uint8).view("<i8").reshape(256)
 
 
-def _unpack_q4_0(blocks: torch.Tensor) -> torch.Tensor:
-    return nibbles(blocks[:, 2:18], 16).view(torch.int8) - 8
+@device_table
+def _fifth_bit_16() -> np.ndarray:
+    """Q5_1, per qh byte: its 8 bits as 8 bytes (int64 little-endian) of 16 (bit set) or 0."""
+    bits = (np.arange(256)[:, None] >> np.arange(8)) & 1
+    return (bits * 16).astype(np.uint8).view("<i8").reshape(256)
 
 
-def _unpack_q4_1(blocks: torch.Tensor) -> torch.Tensor:
-    return nibbles(blocks[:, 4:20], 16)
+def _nibble_quants(blocks: torch.Tensor, start: int) -> torch.Tensor:
+    """(m, 2, 16) uint8 nibbles of the 16 bytes at `start`: low nibbles, then high."""
+    return planes_to_blocks(nibble_planes(blocks)[:, :, start : start + 16])
 
 
-def _unpack_q5_0(blocks: torch.Tensor) -> torch.Tensor:
-    return _five_bit_quants(blocks[:, 2:6], blocks[:, 6:22]).view(torch.int8) - 16
+def _unpack_q4_0(blocks: torch.Tensor, values: torch.Tensor) -> None:
+    q = _nibble_quants(blocks, 2).view(torch.int8)
+    q.sub_(8)
+    values.view(q.shape).copy_(q)
 
 
-def _unpack_q5_1(blocks: torch.Tensor) -> torch.Tensor:
-    return _five_bit_quants(blocks[:, 4:8], blocks[:, 8:24])
+def _unpack_q4_1(blocks: torch.Tensor, values: torch.Tensor) -> None:
+    q = _nibble_quants(blocks, 4)
+    values.view(q.shape).copy_(q)
 
 
-def _unpack_q8_0(blocks: torch.Tensor) -> torch.Tensor:
-    return blocks[:, 2:34].view(torch.int8)
+def _five_bit_unpacker(table, qh_start: int):
+    """q = nibble + table entry of its bit of qh (4 bytes, element j: byte j // 8, bit j % 8)."""
+
+    def unpack(blocks: torch.Tensor, values: torch.Tensor) -> None:
+        m = blocks.shape[0]
+        fifth = table(blocks.device, torch.int64).index_select(0, byte_index(blocks[:, qh_start : qh_start + 4]))
+        q = _nibble_quants(blocks, qh_start + 4)
+        q += fifth.view(torch.uint8).view(m, 2, 16)
+        values.view(m, 2, 16).copy_(q.view(torch.int8))
+
+    return unpack
+
+
+def _unpack_q8_0(blocks: torch.Tensor, values: torch.Tensor) -> None:
+    values.copy_(blocks[:, 2:34].view(torch.int8))
 
 
 def _scaled(block_size: int, unpack: Unpack, scale_offset: int, min_offset: int | None = None):
@@ -247,8 +292,8 @@ KERNELS = {
     T.BF16: _float_kernel(torch.bfloat16),
     T.Q4_0: _scaled(32, _unpack_q4_0, 0),
     T.Q4_1: _scaled(32, _unpack_q4_1, 0, 2),
-    T.Q5_0: _scaled(32, _unpack_q5_0, 0),
-    T.Q5_1: _scaled(32, _unpack_q5_1, 0, 2),
+    T.Q5_0: _scaled(32, _five_bit_unpacker(_fifth_bit_minus_16, 2), 0),
+    T.Q5_1: _scaled(32, _five_bit_unpacker(_fifth_bit_16, 4), 0, 2),
     T.Q8_0: _scaled(32, _unpack_q8_0, 0),
 }
 
