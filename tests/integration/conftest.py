@@ -37,6 +37,8 @@ MODEL_CACHE = Path(
     os.environ.get("ZIMAGE_GGUF_TEST_MODELS", "~/.cache/comfyui_zimage_gguf/integration-models")
 ).expanduser()
 STARTUP_TIMEOUT_S = float(os.environ.get("ZIMAGE_GGUF_STARTUP_TIMEOUT", "300"))
+# One small run takes seconds on an idle machine, but minutes where many processes share the CPU.
+RUN_TIMEOUT_S = float(os.environ.get("ZIMAGE_GGUF_RUN_TIMEOUT", "1800"))
 LOG_TAIL_LINES = 80
 SKIP_REASON = (
     "COMFYUI_PATH is not set: integration tests need a ComfyUI checkout "
@@ -60,6 +62,11 @@ def _make_pack_importable() -> Path | None:
 
 
 PACKAGE_PARENT = _make_pack_importable()
+
+
+@pytest.fixture(scope="session")
+def run_timeout_s() -> float:
+    return RUN_TIMEOUT_S
 
 
 @pytest.fixture(scope="session")
@@ -131,7 +138,7 @@ class ComfyServer:
             return "(no server log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def run_prompt(self, workflow: dict, timeout_s: float = 600) -> dict:
+    def run_prompt(self, workflow: dict, timeout_s: float = RUN_TIMEOUT_S) -> dict:
         """POST /prompt and wait for its history entry; return the entry (or the /prompt error body)."""
         status, body = self.request("/prompt", {"prompt": workflow})
         if status != 200:

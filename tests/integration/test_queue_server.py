@@ -99,15 +99,16 @@ def test_api_workflow_returns_an_image(comfy_server, zimage_gguf_name, qwen3_4b_
     assert png_size(data) == (TEST_SIZE, TEST_SIZE)
 
 
-def test_queue_command_end_to_end(comfy_server, zimage_gguf_name, qwen3_4b_gguf_name, flux_vae_name, tmp_path, cli_env):
+def test_queue_command_end_to_end(comfy_server, zimage_gguf_name, qwen3_4b_gguf_name, flux_vae_name, tmp_path, cli_env,
+                                  run_timeout_s):
     workflow_path = tmp_path / "small_api.json"
     workflow_path.write_text(json.dumps(small_workflow(zimage_gguf_name, qwen3_4b_gguf_name, flux_vae_name)))
     out = tmp_path / "fox.png"
     result = subprocess.run(
         [sys.executable, "-m", "comfyui_zimage_gguf", "queue", str(workflow_path), "--server", comfy_server.url,
          "--prompt", "a red fox in fresh snow", "--seed", "7", "--width", "96", "--height", "64",
-         "--steps", "1", "--out", str(out), "--poll-interval", "0.5", "--timeout", "600"],
-        capture_output=True, text=True, timeout=900, env=cli_env, cwd=tmp_path,
+         "--steps", "1", "--out", str(out), "--poll-interval", "0.5", "--timeout", str(run_timeout_s)],
+        capture_output=True, text=True, timeout=run_timeout_s + 60, env=cli_env, cwd=tmp_path,
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert f"saved {out}" in result.stdout
@@ -115,13 +116,13 @@ def test_queue_command_end_to_end(comfy_server, zimage_gguf_name, qwen3_4b_gguf_
 
 
 def test_queue_command_reports_a_failed_run_in_one_line(comfy_server, zimage_gguf_name, qwen3_narrow_gguf_name,
-                                                        flux_vae_name, tmp_path, cli_env):
+                                                        flux_vae_name, tmp_path, cli_env, run_timeout_s):
     workflow_path = tmp_path / "mismatched_api.json"
     workflow_path.write_text(json.dumps(small_workflow(zimage_gguf_name, qwen3_narrow_gguf_name, flux_vae_name)))
     result = subprocess.run(
         [sys.executable, "-m", "comfyui_zimage_gguf", "queue", str(workflow_path), "--server", comfy_server.url,
-         "--out", str(tmp_path / "never.png"), "--poll-interval", "0.5", "--timeout", "600"],
-        capture_output=True, text=True, timeout=900, env=cli_env, cwd=tmp_path,
+         "--out", str(tmp_path / "never.png"), "--poll-interval", "0.5", "--timeout", str(run_timeout_s)],
+        capture_output=True, text=True, timeout=run_timeout_s + 60, env=cli_env, cwd=tmp_path,
     )
     assert result.returncode == 1, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ComfyUI failed to run the workflow:")
