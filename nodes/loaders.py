@@ -39,9 +39,9 @@ CLIP_TYPE_ENCODERS = {
 # detection families (architectures.py) -> compat.DIFFUSION_MODELS keys
 COMPAT_FAMILY = {"zimage": "z_image", "zimage_pixel": "z_image"}
 
-# Last encoder file loaded through our node per output width: only used to name the file in
-# mismatch messages, never to change behaviour.
-_ENCODER_FILES_BY_WIDTH: dict[int, str] = {}
+# Last encoder loaded through our node per output width, as (file name, family): only used to
+# name the file and model in mismatch messages, never to change behaviour.
+_ENCODER_FILES_BY_WIDTH: dict[int, tuple[str, str]] = {}
 
 
 def _gguf_files(folder_name: str) -> list[str]:
@@ -134,9 +134,10 @@ def _install_caption_check(patcher, path, info):
     def check(width):
         if width == info.caption_width:
             return
-        encoder = _ENCODER_FILES_BY_WIDTH.get(width, "the text encoder in use")
+        encoder, family = _ENCODER_FILES_BY_WIDTH.get(width, ("the text encoder in use", None))
         check_encoder_matches_model(encoder, width, os.path.basename(path),
-                                    COMPAT_FAMILY.get(info.family, info.family), info.caption_width)
+                                    COMPAT_FAMILY.get(info.family, info.family), info.caption_width,
+                                    encoder_family=family)
         raise IncompatibleModelError(
             f"{os.path.basename(path)} ({info.display_name}) takes {info.caption_width}-wide text features; "
             f"{encoder} gives {width}")
@@ -228,7 +229,7 @@ def load_text_encoder(path, clip_type="lumina2", model_options=None, device=None
                                                   clip_type=clip_type_enum, model_options=model_options,
                                                   disable_dynamic=True)
     clip.patcher = as_gguf_patcher(clip.patcher)
-    _ENCODER_FILES_BY_WIDTH[config.hidden_size] = os.path.basename(path)
+    _ENCODER_FILES_BY_WIDTH[config.hidden_size] = (os.path.basename(path), config.family)
     log.info("Z-Image GGUF: %s: %s text encoder (%s, %d layers, %d wide), %s, compute %s", os.path.basename(path),
              known.display, arch.arch, config.n_layers, config.hidden_size, stats.summary(),
              str(choice.compute).replace("torch.", ""))
