@@ -35,6 +35,13 @@ def test_data_is_read_as_a_flat_byte_run_whatever_its_shape():
     assert torch.equal(as_rows.reshape(2, 2, 96), as_flat)
 
 
+@pytest.mark.parametrize("ggml_type", list(QUANT_TYPES), ids=lambda t: t.name)
+def test_empty_tensor(ggml_type):
+    block_size = GGML_QUANT_SIZES[ggml_type][0]
+    result = dequantize(torch.empty(0, dtype=torch.uint8), ggml_type, (0, block_size), torch.bfloat16)
+    assert result.shape == (0, block_size) and result.dtype == torch.bfloat16
+
+
 def test_default_dtype_is_float16():
     assert dequantize(raw_weight(T.Q4_0, 1, 1), T.Q4_0, (32,)).dtype == torch.float16
 

@@ -1,8 +1,7 @@
 """Kernels for the ternary types (TQ1_0, TQ2_0) and the FP4 types (MXFP4, NVFP4).
 
-Each supplies its per-block scale (float32, as gguf-py computes it) and an unpacker of the
-integer q to `dequantize_blocks`; FP4 values are unpacked doubled (integers), with the scale
-halved, as ggml does.
+Each is a BlockFormat: per-block scales (float32, as gguf-py computes them) and an unpacker of
+the integers q; FP4 values are unpacked doubled (integers), with the scale halved, as ggml does.
 """
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
-from .legacy import byte_index, crumb_planes, dequantize_blocks, device_table, fp16_field, random_bytes, random_fp16
+from .legacy import BlockFormat, byte_index, crumb_planes, device_table, fp16_field, random_bytes, random_fp16
 
 QK_K = 256
 
@@ -24,8 +23,8 @@ def _unpack_tq2_0(blocks: torch.Tensor, values: torch.Tensor) -> None:
     values.view(m, 2, 4, 32).copy_(crumbs[:, :, 0:64].view(4, m, 2, 32).permute(1, 2, 0, 3))
 
 
-def _dequantize_tq2_0(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return dequantize_blocks(blocks, dtype, QK_K, _unpack_tq2_0, fp16_field(blocks, 64))
+def _scales_tq2_0(blocks: torch.Tensor):
+    return fp16_field(blocks, 64), None
 
 
 # --- TQ1_0: qs[48] (five base-3 digits per byte), qh[4] (four digits per byte), d -------------
@@ -49,8 +48,8 @@ def _unpack_tq1_0(blocks: torch.Tensor, values: torch.Tensor) -> None:
     values[:, 240:256].view(m, 4, 4).copy_(digits[0:4, :, 48:52].transpose(0, 1))
 
 
-def _dequantize_tq1_0(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return dequantize_blocks(blocks, dtype, QK_K, _unpack_tq1_0, fp16_field(blocks, 52))
+def _scales_tq1_0(blocks: torch.Tensor):
+    return fp16_field(blocks, 52), None
 
 
 # --- FP4 (E2M1) values, doubled so that they are integers: 0 1 2 3 4 6 8 12 and negatives ----
@@ -105,9 +104,8 @@ def _unpack_mxfp4(blocks: torch.Tensor, values: torch.Tensor) -> None:
     values.view(fp4.shape).copy_(fp4)
 
 
-def _dequantize_mxfp4(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    scale = _e8m0_half(blocks.device, torch.float32).index_select(0, byte_index(blocks[:, 0])).view(-1, 1)
-    return dequantize_blocks(blocks, dtype, 32, _unpack_mxfp4, scale)
+def _scales_mxfp4(blocks: torch.Tensor):
+    return _e8m0_half(blocks.device, torch.float32).index_select(0, byte_index(blocks[:, 0])).view(-1, 1), None
 
 
 # NVFP4: 4 UE4M3 scale bytes, then 4 sub-blocks of 8 bytes: element 16s + l is the low nibble
@@ -134,16 +132,16 @@ def _unpack_nvfp4(blocks: torch.Tensor, values: torch.Tensor) -> None:
     values.view(fp4.shape).copy_(fp4)
 
 
-def _dequantize_nvfp4(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    scale = _ue4m3_half(blocks.device, torch.float32).index_select(0, byte_index(blocks[:, 0:4])).view(-1, 4)
-    return dequantize_blocks(blocks, dtype, 64, _unpack_nvfp4, scale)
+def _scales_nvfp4(blocks: torch.Tensor):
+    return _ue4m3_half(blocks.device, torch.float32).index_select(0, byte_index(blocks[:, 0:4])).view(-1, 4), None
 
 
+# widest: TQ1_0 multiplies every byte by 5 powers of three, TQ2_0 splits every byte in 4.
 KERNELS = {
-    T.TQ1_0: _dequantize_tq1_0,
-    T.TQ2_0: _dequantize_tq2_0,
-    T.MXFP4: _dequantize_mxfp4,
-    T.NVFP4: _dequantize_nvfp4,
+    T.TQ1_0: BlockFormat(QK_K, _scales_tq1_0, _unpack_tq1_0, widest=5 * 54),
+    T.TQ2_0: BlockFormat(QK_K, _scales_tq2_0, _unpack_tq2_0, widest=4 * 66),
+    T.MXFP4: BlockFormat(32, _scales_mxfp4, _unpack_mxfp4),
+    T.NVFP4: BlockFormat(64, _scales_nvfp4, _unpack_nvfp4),
 }
 
 

@@ -1,8 +1,7 @@
 """Kernels for the 256-element K-quants: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.
 
-Every K-quant value is (d * sub_scale) * q [- dmin * sub_min]: the kernels compute the
-per-sub-block d * sub_scale and dmin * sub_min once for all blocks, in float32 as gguf-py does,
-and hand them with an unpacker of q to `dequantize_blocks`.
+Every K-quant value is (d * sub_scale) * q [- dmin * sub_min]: each type's BlockFormat computes
+the per-sub-block d * sub_scale and dmin * sub_min in float32 as gguf-py does, and unpacks q.
 
 Element order inside a block follows ggml's block_q*_K structs: the quant bytes are split into
 groups of 32 (or 64 for Q6_K's low nibbles), and plane k of a group (bit pair k, nibble k,
@@ -13,23 +12,41 @@ from __future__ import annotations
 import torch
 from gguf import GGMLQuantizationType as T
 
-from .legacy import bit_planes, crumb_planes, dequantize_blocks, fp16_field, nibble_planes, random_with_fp16_fields
+from .legacy import BlockFormat, bit_planes, crumb_planes, fp16_field, nibble_planes, random_with_fp16_fields
 
 QK_K = 256
 
 
-def _six_bit_scales_and_mins(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q4_K/Q5_K: 12 bytes -> eight 6-bit scales and eight 6-bit mins (uint8, (n, 8) each).
+def _words(blocks: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, ...]:
+    """Bytes start..stop of every block as little-endian int32 columns, (n,) each.
+
+    Scale bytes are unpacked four at a time in int32 (masks keep every byte's bits apart):
+    far cheaper than uint8 ops on rows of 4 to 16 bytes.
+    """
+    return blocks[:, start:stop].clone(memory_format=torch.contiguous_format).view(torch.int32).unbind(1)
+
+
+def _as_bytes(*words: torch.Tensor) -> torch.Tensor:
+    """int32 columns -> (n, 4 * len(words)) uint8, the bytes of each word in order."""
+    return torch.stack(words, dim=1).view(torch.uint8)
+
+
+def _six_bit_scales_and_mins(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K: scale bytes 4-15 -> eight 6-bit scales and eight 6-bit mins (float32, (n, 8) each).
 
     Bytes 0-3 hold scales 0-3 in their low 6 bits, bytes 4-7 mins 0-3; scales/mins 4-7 take
     their low 4 bits from bytes 8-11 (low/high nibble) and their top 2 bits from the top 2
     bits of bytes 0-3 / 4-7.
     """
-    first, second, third = packed[:, 0:4], packed[:, 4:8], packed[:, 8:12]
-    scales = torch.cat([first & 0x3F, (third & 0x0F) | ((first >> 2) & 0x30)], dim=1)
-    mins = torch.cat([second & 0x3F, (third >> 4) | ((second >> 2) & 0x30)], dim=1)
-    return scales, mins
+    first, second, third = _words(blocks, 4, 16)
+    scales = _as_bytes(first & 0x3F3F3F3F, (third & 0x0F0F0F0F) | ((first >> 2) & 0x30303030))
+    mins = _as_bytes(second & 0x3F3F3F3F, ((third >> 4) & 0x0F0F0F0F) | ((second >> 2) & 0x30303030))
+    return scales.float(), mins.float()
 
+
+# Unpackers: bit work runs on flat byte runs; fields whose planes must be combined are first
+# laid out with the block index inside the plane (fields, blocks, bytes), so that combining
+# planes is flat too. The one copy into the float32 values then restores block order.
 
 # Q2_K: scales[16] (low nibble: scale, high nibble: min of a 16-element sub-block), qs[64],
 # d, dmin. Bit pair k of qs byte 32h + l is element 128h + 32k + l.
@@ -40,11 +57,11 @@ def _unpack_q2_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
     values.view(m, 2, 4, 32).copy_(crumbs.permute(1, 2, 0, 3))
 
 
-def _dequantize_q2_k(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    packed = blocks[:, 0:16]
-    scale = fp16_field(blocks, 80) * (packed & 0x0F)
-    offset = -(fp16_field(blocks, 82) * (packed >> 4))
-    return dequantize_blocks(blocks, dtype, QK_K, _unpack_q2_k, scale, offset)
+def _scales_q2_k(blocks: torch.Tensor):
+    packed = blocks[:, 0:16].contiguous()
+    scale = fp16_field(blocks, 80) * (packed & 0x0F).float()
+    offset = -(fp16_field(blocks, 82) * (packed >> 4).float())
+    return scale, offset
 
 
 # Q3_K: hmask[32], qs[64], scales[12], d. q = (bit pair of qs, as in Q2_K) - 4, plus 4 where
@@ -54,77 +71,71 @@ def _dequantize_q2_k(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _unpack_q3_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
     m = blocks.shape[0]
-    low = crumb_planes(blocks)[:, :, 32:96].view(4, m, 2, 32).permute(1, 2, 0, 3)
-    high = bit_planes(blocks[:, 0:32]).transpose(0, 1).view(m, 2, 4, 32)
-    q = torch.add(low, high, alpha=4)
-    q.view(torch.int8).sub_(4)
-    values.view(m, 2, 4, 32).copy_(q.view(torch.int8))
+    qs = blocks[:, 32:96].view(m, 2, 32).transpose(0, 1).contiguous()
+    q = crumb_planes(qs)  # (bit pair k, half h, block, l)
+    hmask = bit_planes(blocks[:, 0:32]).view(2, 4, m, 32)  # (h, k, block, l): bit 4h + k
+    q.add_(hmask.transpose(0, 1), alpha=4)
+    signed = q.view(torch.int8)
+    signed.sub_(4)
+    values.view(m, 2, 4, 32).copy_(signed.permute(2, 1, 0, 3))
 
 
-def _dequantize_q3_k(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    n = blocks.shape[0]
-    low, high = blocks[:, 96:104], blocks[:, 104:108]
-    top_bits = crumb_planes(high).permute(1, 0, 2).reshape(n, 16)
-    six_bit = torch.cat([low & 0x0F, low >> 4], dim=1) | (top_bits << 4)
-    scale = fp16_field(blocks, 108) * (six_bit.view(torch.int8) - 32)
-    return dequantize_blocks(blocks, dtype, QK_K, _unpack_q3_k, scale)
+def _scales_q3_k(blocks: torch.Tensor):
+    low_first, low_second, high = _words(blocks, 96, 108)
+    low_bits = (low_first, low_second, low_first >> 4, low_second >> 4)  # scales 0-3, 4-7, 8-11, 12-15
+    six_bit = _as_bytes(*((low & 0x0F0F0F0F) | (((high >> (2 * k)) & 0x03030303) << 4) for k, low in enumerate(low_bits)))
+    return fp16_field(blocks, 108) * (six_bit.view(torch.int8) - 32).float(), None
 
 
 # Q4_K: d, dmin, scales[12], qs[128]; Q5_K adds qh[32] before qs. qs byte 32c + l holds
 # elements 64c + l (low nibble) and 64c + 32 + l (high); Q5_K's bit j of qh byte l is the
 # fifth bit of element 32j + l.
 
-def _nibble_groups(blocks: torch.Tensor, start: int) -> torch.Tensor:
-    """(m, 4, 2, 32) view of the nibbles of the 128 bytes at `start`, in output order."""
-    m = blocks.shape[0]
-    return nibble_planes(blocks)[:, :, start : start + 128].view(2, m, 4, 32).permute(1, 2, 0, 3)
-
-
 def _unpack_q4_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
-    values.view(-1, 4, 2, 32).copy_(_nibble_groups(blocks, 16))
+    m = blocks.shape[0]
+    nibbles = nibble_planes(blocks)[:, :, 16:144].view(2, m, 4, 32)
+    values.view(m, 4, 2, 32).copy_(nibbles.permute(1, 2, 0, 3))
 
 
 def _unpack_q5_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
     m = blocks.shape[0]
-    fifth = bit_planes(blocks[:, 16:48]).transpose(0, 1).view(m, 4, 2, 32)
-    values.view(m, 4, 2, 32).copy_(torch.add(_nibble_groups(blocks, 48), fifth, alpha=16))
+    qs = blocks[:, 48:176].view(m, 4, 32).transpose(0, 1).contiguous()
+    q = nibble_planes(qs)  # (nibble, group c, block, l)
+    fifth = bit_planes(blocks[:, 16:48]).view(4, 2, m, 32)  # (c, nibble, block, l): bit 2c + nibble
+    q.add_(fifth.transpose(0, 1), alpha=16)
+    values.view(m, 4, 2, 32).copy_(q.permute(2, 1, 0, 3))
 
 
-def _with_six_bit_scales(unpack):
-    def kernel(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        scales, mins = _six_bit_scales_and_mins(blocks[:, 4:16])
-        scale = fp16_field(blocks, 0) * scales
-        offset = -(fp16_field(blocks, 2) * mins)
-        return dequantize_blocks(blocks, dtype, QK_K, unpack, scale, offset)
-
-    return kernel
+def _scales_q4_k_q5_k(blocks: torch.Tensor):
+    scales, mins = _six_bit_scales_and_mins(blocks)
+    return fp16_field(blocks, 0) * scales, -(fp16_field(blocks, 2) * mins)
 
 
-# Q6_K: ql[128], qh[64], scales[16] (int8), d. Half h (128 elements): plane k (32 elements)
-# takes bit pair k of qh byte 32h + l as bits 4-5; planes 0-1 take the low nibbles of
-# ql bytes 64h + 0..63, planes 2-3 the high nibbles. q is stored with +32.
+# Q6_K: ql[128], qh[64], scales[16] (int8), d. Half h (128 elements): plane k = 2 * nibble + kk
+# (32 elements) takes its low 4 bits from nibble `nibble` of ql byte 64h + 32kk + l and its
+# top 2 bits from bit pair k of qh byte 32h + l. q is stored with +32.
 
 def _unpack_q6_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
     m = blocks.shape[0]
-    # (m, half, nibble, 64 bytes as 2 x 32) and (m, half, bit pair as 2 x 2, 32)
-    low = nibble_planes(blocks)[:, :, 0:128].view(2, m, 2, 2, 32).permute(1, 2, 0, 3, 4)
-    high = crumb_planes(blocks[:, 128:192]).view(4, m, 2, 32).permute(1, 2, 0, 3).reshape(m, 2, 2, 2, 32)
-    q = torch.add(low, high, alpha=16).view(torch.int8)
-    q.sub_(32)
-    values.view(m, 2, 2, 2, 32).copy_(q)
+    ql = blocks[:, 0:128].view(m, 2, 2, 32).permute(2, 0, 1, 3).contiguous()  # (kk, block, h, l)
+    q = nibble_planes(ql)  # (nibble, kk, block, h, l)
+    q.add_(crumb_planes(blocks[:, 128:192]).view(2, 2, m, 2, 32), alpha=16)
+    signed = q.view(torch.int8)
+    signed.sub_(32)
+    values.view(m, 2, 2, 2, 32).copy_(signed.permute(2, 3, 0, 1, 4))
 
 
-def _dequantize_q6_k(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    scale = fp16_field(blocks, 208) * blocks[:, 192:208].view(torch.int8)
-    return dequantize_blocks(blocks, dtype, QK_K, _unpack_q6_k, scale)
+def _scales_q6_k(blocks: torch.Tensor):
+    return fp16_field(blocks, 208) * blocks[:, 192:208].contiguous().view(torch.int8).float(), None
 
 
+# widest: the planes of the whole block (bit pairs: 4x its bytes, nibbles: 2x).
 KERNELS = {
-    T.Q2_K: _dequantize_q2_k,
-    T.Q3_K: _dequantize_q3_k,
-    T.Q4_K: _with_six_bit_scales(_unpack_q4_k),
-    T.Q5_K: _with_six_bit_scales(_unpack_q5_k),
-    T.Q6_K: _dequantize_q6_k,
+    T.Q2_K: BlockFormat(QK_K, _scales_q2_k, _unpack_q2_k, widest=4 * 84),
+    T.Q3_K: BlockFormat(QK_K, _scales_q3_k, _unpack_q3_k, widest=4 * 110),
+    T.Q4_K: BlockFormat(QK_K, _scales_q4_k_q5_k, _unpack_q4_k, widest=2 * 144),
+    T.Q5_K: BlockFormat(QK_K, _scales_q4_k_q5_k, _unpack_q5_k, widest=2 * 176),
+    T.Q6_K: BlockFormat(QK_K, _scales_q6_k, _unpack_q6_k, widest=2 * 210),
 }
 
 # Bounds keep |w| below about 1: |sub_scale * q| is at most 15*3, 32*4, 63*15, 63*31, 128*32,

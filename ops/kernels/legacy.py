@@ -1,15 +1,15 @@
 """Kernels for the float types and the 32-element legacy quants (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
 
-Also home of what every kernel module here shares: the chunked driver, fp16 field reading,
-bit-plane extraction and per-(device, dtype) table caching.
+Also home of what every kernel module here shares: the block-format driver, fp16 field
+reading, bit-plane extraction and per-(device, dtype) table caching.
 
 Every quantized type here dequantizes as w = scale * q [+ offset], with one scale (and offset)
-per block or sub-block and q a small integer. A kernel therefore supplies only
-  - the per-(sub-)block scale and offset, float32, computed once for all blocks, and
-  - a function that unpacks a chunk of blocks into integers q, in output order;
-the driver does the float arithmetic in float32, in gguf-py's order (scale, then times q, then
-plus offset), so its float32 result is gguf-py's bit for bit; other dtypes get that float32
-result rounded once.
+per block or sub-block and q a small integer. A type is therefore described by a BlockFormat:
+  - `scales`: blocks -> the per-(sub-)block scale and offset, float32, as gguf-py computes them;
+  - `unpack`: blocks -> the integers q, in output order, written into float32 values;
+and the driver does the float arithmetic in float32, in gguf-py's order (scale, then times q,
+then plus offset), so its float32 result is gguf-py's bit for bit; other dtypes get that
+float32 result rounded once.
 
 Why chunks: a full-size intermediate costs a trip to main memory (and page faults when freshly
 allocated); chunks keep every intermediate in cache, so the raw bytes are read once and the
@@ -20,20 +20,41 @@ float16 conversion.
 from __future__ import annotations
 
 import functools
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
+# (m, type_size) uint8 blocks -> float32 scale and offset (or None), (m, n_sub) each: one value
+# per equal run of block_size / n_sub elements.
+Scales = Callable[[torch.Tensor], "tuple[torch.Tensor, Optional[torch.Tensor]]"]
 # Writes the integers q of (m, type_size) uint8 blocks, in output order, into a float32
 # (m, block_size) tensor.
 Unpack = Callable[[torch.Tensor, torch.Tensor], None]
 
-# At most torch's intra-op grain size (32768), so that every op on a CPU chunk runs on the
-# calling thread: the driver spreads chunks over its own threads instead (see below).
-CPU_CHUNK_ELEMENTS = 1 << 15
+
+@dataclass(frozen=True)
+class BlockFormat:
+    """A GGML type as w = scale * q [+ offset]; calling it dequantizes (n, type_size) blocks."""
+
+    block_size: int
+    scales: Scales
+    unpack: Unpack
+    # Elements per block of unpack's largest intermediate, where that exceeds block_size
+    # (e.g. 4 * type_size for the bit pairs of a whole block); sizes the chunks.
+    widest: int = 0
+
+    def __call__(self, blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return dequantize_blocks(blocks, dtype, self)
+
+
+# Elements of the widest intermediate of a chunk. CPU chunks stay in the per-core cache; on
+# accelerators, fewer and larger launches matter more.
+CPU_CHUNK_ELEMENTS = 1 << 18
 ACCELERATOR_CHUNK_ELEMENTS = 1 << 24
 
 
@@ -42,35 +63,35 @@ def _helper_pool(n_helpers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=n_helpers, thread_name_prefix="zimage-dequant")
 
 
-def dequantize_blocks(
-    blocks: torch.Tensor,
-    dtype: torch.dtype,
-    block_size: int,
-    unpack: Unpack,
-    scale: torch.Tensor,
-    offset: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """(n, type_size) uint8 blocks -> (n, block_size) `dtype` values scale * q [+ offset].
+def _single_threaded(work: Callable[[], None]) -> None:
+    # Helper-pool threads only ever run dequantization work, so the setting can stay.
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    work()
 
-    `scale` and `offset` are float32 (n, n_sub): one value per equal run of block_size / n_sub
-    elements.
 
-    On a CPU the chunks are shared out between the calling thread and torch.get_num_threads() - 1
-    helper threads, each taking the next chunk when done (torch ops release the GIL). torch's
-    own intra-op threading would instead put a barrier after every op; on a busy machine a
-    descheduled thread then stalls each of the thousands of small ops.
+def dequantize_blocks(blocks: torch.Tensor, dtype: torch.dtype, fmt: BlockFormat) -> torch.Tensor:
+    """(n, type_size) uint8 blocks -> (n, block_size) `dtype` values, chunk by chunk.
+
+    CPU threading: chunks are shared out between the calling thread and helper threads (as
+    many threads as torch.get_num_threads()), each running its ops single-threaded and taking
+    the next chunk when done; torch ops release the GIL. torch's own intra-op threading would
+    put a barrier after each of the many small ops, and on a busy machine every barrier waits
+    for a descheduled thread (measured: seconds instead of tens of milliseconds). The calling
+    thread's intra-op setting (torch.set_num_threads, which also sets the default that threads
+    starting meanwhile pick up) is restored before returning, once the helpers are done.
     """
     n_blocks = blocks.shape[0]
-    n_sub = scale.shape[1]
+    block_size = fmt.block_size
     device = blocks.device
     out = torch.empty((n_blocks, block_size), dtype=dtype, device=device)
+    if n_blocks == 0:
+        return out
     on_cpu = device.type == "cpu"
-    rows = max(1, (CPU_CHUNK_ELEMENTS if on_cpu else ACCELERATOR_CHUNK_ELEMENTS) // block_size)
-    # Slice everything up front: one call instead of several slicing ops per chunk.
+    budget = CPU_CHUNK_ELEMENTS if on_cpu else ACCELERATOR_CHUNK_ELEMENTS
+    rows = max(1, budget // max(block_size, fmt.widest))
     block_chunks = blocks.split(rows)
     out_chunks = out.split(rows)
-    scale_chunks = scale.unsqueeze(-1).split(rows)
-    offset_chunks = None if offset is None else offset.unsqueeze(-1).split(rows)
     staged = dtype != torch.float32
     next_chunk = iter(range(len(block_chunks)))  # shared by all threads; next() is atomic under the GIL
 
@@ -80,25 +101,46 @@ def dequantize_blocks(
             chunk = block_chunks[i]
             m = chunk.shape[0]
             values = out_chunks[i] if scratch is None else scratch[:m]
-            unpack(chunk, values)
-            sub_blocks = values.view(m, n_sub, block_size // n_sub)
-            sub_blocks.mul_(scale_chunks[i])
-            if offset_chunks is not None:
-                sub_blocks.add_(offset_chunks[i])
+            scale, offset = fmt.scales(chunk)
+            fmt.unpack(chunk, values)
+            sub_blocks = values.view(m, scale.shape[1], -1)
+            sub_blocks.mul_(scale.unsqueeze(-1))
+            if offset is not None:
+                sub_blocks.add_(offset.unsqueeze(-1))
             if staged:
                 out_chunks[i].copy_(values)
 
-    n_helpers = min(torch.get_num_threads(), len(block_chunks)) - 1 if on_cpu else 0
-    helpers = [_helper_pool(n_helpers).submit(work) for _ in range(n_helpers)] if n_helpers > 0 else []
-    work()
-    for helper in helpers:
-        helper.result()
+    threads = min(torch.get_num_threads(), len(block_chunks)) if on_cpu else 1
+    if threads == 1:
+        work()
+        return out
+    caller_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        helpers = [_helper_pool(threads - 1).submit(_single_threaded, work) for _ in range(threads - 1)]
+        try:
+            work()
+        finally:
+            futures.wait(helpers)
+        for helper in helpers:
+            helper.result()
+    finally:
+        torch.set_num_threads(caller_threads)
     return out
 
 
 def fp16_field(blocks: torch.Tensor, offset: int) -> torch.Tensor:
-    """The little-endian fp16 at byte `offset` of every block, as a float32 (n, 1) tensor."""
-    return blocks[:, offset : offset + 2].contiguous().view(torch.float16).float()
+    """The little-endian fp16 at byte `offset` of every block, as a float32 (n, 1) tensor.
+
+    Read as one strided column of 16-bit words where the alignment allows (a single loop),
+    else from a compact copy of the two bytes.
+    """
+    aligned = blocks.stride(1) == 1 and all(v % 2 == 0 for v in (offset, blocks.stride(0), blocks.storage_offset()))
+    if aligned and blocks.shape[1] % 2 == 0:
+        field = blocks.view(torch.float16)[:, offset // 2]
+    else:
+        field = blocks[:, offset : offset + 2].contiguous().view(torch.float16)
+    return field.float().view(-1, 1)
 
 
 def device_table(build: Callable[[], np.ndarray]):
@@ -138,25 +180,24 @@ def _bit_shifts() -> np.ndarray:
 # copies it first, which pays off when the field is a small part of the block.
 
 def _planes(raw: torch.Tensor, shifts, mask: int) -> torch.Tensor:
-    m, width = raw.shape
-    flat = raw.reshape(1, -1)
-    planes = flat >> shifts(raw.device, torch.uint8)
+    plane_shifts = shifts(raw.device, torch.uint8)
+    planes = raw.reshape(1, -1) >> plane_shifts
     planes &= mask
-    return planes.view(-1, m, width)
+    return planes.view(plane_shifts.shape[0], *raw.shape)
 
 
 def nibble_planes(raw: torch.Tensor) -> torch.Tensor:
-    """(m, w) bytes -> (2, m, w) uint8: [0] the low nibbles, [1] the high nibbles."""
+    """bytes of shape S -> (2, *S) uint8: [0] the low nibbles, [1] the high nibbles."""
     return _planes(raw, _nibble_shifts, 0x0F)
 
 
 def crumb_planes(raw: torch.Tensor) -> torch.Tensor:
-    """(m, w) bytes -> (4, m, w) uint8: [k] bits 2k..2k+1 of each byte."""
+    """bytes of shape S -> (4, *S) uint8: [k] bits 2k..2k+1 of each byte."""
     return _planes(raw, _crumb_shifts, 0x03)
 
 
 def bit_planes(raw: torch.Tensor) -> torch.Tensor:
-    """(m, w) bytes -> (8, m, w) uint8 of 0/1: [j] bit j of each byte."""
+    """bytes of shape S -> (8, *S) uint8 of 0/1: [j] bit j of each byte."""
     return _planes(raw, _bit_shifts, 0x01)
 
 
@@ -276,25 +317,30 @@ def _unpack_q8_0(blocks: torch.Tensor, values: torch.Tensor) -> None:
     values.copy_(blocks[:, 2:34].view(torch.int8))
 
 
-def _scaled(block_size: int, unpack: Unpack, scale_offset: int, min_offset: int | None = None):
-    """Kernel for w = d * q [+ m] with fp16 d (and m) at the given byte offsets of each block."""
+def _fp16_scales(scale_at: int, min_at: int | None = None) -> Scales:
+    """Scales of w = d * q [+ m] with fp16 d (and m) at the given byte offsets of each block."""
 
-    def kernel(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        minimum = None if min_offset is None else fp16_field(blocks, min_offset)
-        return dequantize_blocks(blocks, dtype, block_size, unpack, fp16_field(blocks, scale_offset), minimum)
+    def scales(blocks: torch.Tensor):
+        return fp16_field(blocks, scale_at), None if min_at is None else fp16_field(blocks, min_at)
 
-    return kernel
+    return scales
+
+
+def _legacy(ggml_type: T, unpack: Unpack, scales: Scales, nibbles: bool = True) -> BlockFormat:
+    """Nibble unpackers split every byte of a block in two: 2 * type_size elements."""
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    return BlockFormat(block_size, scales, unpack, widest=2 * type_size if nibbles else 0)
 
 
 KERNELS = {
     T.F32: _float_kernel(torch.float32),
     T.F16: _float_kernel(torch.float16),
     T.BF16: _float_kernel(torch.bfloat16),
-    T.Q4_0: _scaled(32, _unpack_q4_0, 0),
-    T.Q4_1: _scaled(32, _unpack_q4_1, 0, 2),
-    T.Q5_0: _scaled(32, _five_bit_unpacker(_fifth_bit_minus_16, 2), 0),
-    T.Q5_1: _scaled(32, _five_bit_unpacker(_fifth_bit_16, 4), 0, 2),
-    T.Q8_0: _scaled(32, _unpack_q8_0, 0),
+    T.Q4_0: _legacy(T.Q4_0, _unpack_q4_0, _fp16_scales(0)),
+    T.Q4_1: _legacy(T.Q4_1, _unpack_q4_1, _fp16_scales(0, 2)),
+    T.Q5_0: _legacy(T.Q5_0, _five_bit_unpacker(_fifth_bit_minus_16, 2), _fp16_scales(0)),
+    T.Q5_1: _legacy(T.Q5_1, _five_bit_unpacker(_fifth_bit_16, 4), _fp16_scales(0, 2)),
+    T.Q8_0: _legacy(T.Q8_0, _unpack_q8_0, _fp16_scales(0), nibbles=False),
 }
 
 # Scale bounds keep |w| below about 1: |q| <= 8, 16, 128 for the 4-, 5- and 8-bit types;
