@@ -43,7 +43,9 @@ def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
         ggml_type = GGMLQuantizationType[name]
         qt = QUANT_TYPES[ggml_type]
         n_blocks = n_elements // qt.block_size
-        raw = RANDOM_BLOCKS[ggml_type](n_blocks, rng)
+        # Rows of the weight, as a GGUF file stores them: gguf-py works through 16 rows at a
+        # time, so handing it one row per block would time its Python loop, not its maths.
+        raw = RANDOM_BLOCKS[ggml_type](n_blocks, rng).reshape(rows, -1)
         data = torch.from_numpy(raw).reshape(-1)
         seconds = _median_seconds(lambda: dequantize(data, ggml_type, (rows, cols), torch.float16), repeat)
         numpy_s = _median_seconds(lambda: gguf_quants.dequantize(raw, ggml_type), max(1, repeat // 3))

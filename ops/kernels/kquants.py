@@ -9,39 +9,48 @@ bit k) is a run of 32 consecutive output elements.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
-from .legacy import BlockFormat, bit_planes, crumb_planes, fp16_field, nibble_planes, random_with_fp16_fields
+from .legacy import BlockFormat, bit_planes, crumb_planes, device_table, fp16_field, nibble_planes, random_with_fp16_fields
 
 QK_K = 256
 
 
-def _words(blocks: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, ...]:
-    """Bytes start..stop of every block as little-endian int32 columns, (n,) each.
-
-    Scale bytes are unpacked four at a time in int32 (masks keep every byte's bits apart):
-    far cheaper than uint8 ops on rows of 4 to 16 bytes.
-    """
-    return blocks[:, start:stop].clone(memory_format=torch.contiguous_format).view(torch.int32).unbind(1)
+@device_table
+def _word_nibble_shifts() -> np.ndarray:
+    return np.array([0, 4], dtype=np.int32)
 
 
-def _as_bytes(*words: torch.Tensor) -> torch.Tensor:
-    """int32 columns -> (n, 4 * len(words)) uint8, the bytes of each word in order."""
-    return torch.stack(words, dim=1).view(torch.uint8)
+@device_table
+def _word_crumb_shifts() -> np.ndarray:
+    return np.array([0, 2, 4, 6], dtype=np.int32)
 
 
-def _six_bit_scales_and_mins(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q4_K/Q5_K: scale bytes 4-15 -> eight 6-bit scales and eight 6-bit mins (float32, (n, 8) each).
+# Scale bytes are decoded four at a time as little-endian int32 words (the masks keep each
+# byte's bits apart): the per-block decoding is a dozen small ops per chunk instead of dozens.
+
+def _words(blocks: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Bytes start..stop of every block as (m, (stop - start) // 4) int32 words."""
+    return blocks[:, start:stop].clone(memory_format=torch.contiguous_format).view(torch.int32)
+
+
+def _scales_q4_k_q5_k(blocks: torch.Tensor):
+    """d * sub_scale and dmin * sub_min from d, dmin and 12 bytes of 6-bit scales and mins.
 
     Bytes 0-3 hold scales 0-3 in their low 6 bits, bytes 4-7 mins 0-3; scales/mins 4-7 take
     their low 4 bits from bytes 8-11 (low/high nibble) and their top 2 bits from the top 2
     bits of bytes 0-3 / 4-7.
     """
-    first, second, third = _words(blocks, 4, 16)
-    scales = _as_bytes(first & 0x3F3F3F3F, (third & 0x0F0F0F0F) | ((first >> 2) & 0x30303030))
-    mins = _as_bytes(second & 0x3F3F3F3F, ((third >> 4) & 0x0F0F0F0F) | ((second >> 2) & 0x30303030))
-    return scales.float(), mins.float()
+    words = _words(blocks, 4, 16)
+    first = words[:, 0:2]  # scales 0-3, mins 0-3
+    third = words[:, 2:3]
+    low = first & 0x3F3F3F3F
+    high = ((first >> 2) & 0x30303030) | ((third >> _word_nibble_shifts(blocks.device, torch.int32)) & 0x0F0F0F0F)
+    six_bit = torch.stack((low, high), dim=2).view(torch.uint8)  # (m, scales/mins, 8)
+    values = fp16_field(blocks, 0, count=2).unsqueeze(-1) * six_bit.float()
+    return values[:, 0], values[:, 1]
 
 
 # Unpackers: bit work runs on flat byte runs; fields whose planes must be combined are first
@@ -58,10 +67,9 @@ def _unpack_q2_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
 
 
 def _scales_q2_k(blocks: torch.Tensor):
-    packed = blocks[:, 0:16].contiguous()
-    scale = fp16_field(blocks, 80) * (packed & 0x0F).float()
-    offset = -(fp16_field(blocks, 82) * (packed >> 4).float())
-    return scale, offset
+    factors = fp16_field(blocks, 80, count=2).t().unsqueeze(-1)  # d, dmin: (2, m, 1)
+    values = nibble_planes(blocks[:, 0:16]).float() * factors
+    return values[0], values[1]
 
 
 # Q3_K: hmask[32], qs[64], scales[12], d. q = (bit pair of qs, as in Q2_K) - 4, plus 4 where
@@ -81,10 +89,13 @@ def _unpack_q3_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
 
 
 def _scales_q3_k(blocks: torch.Tensor):
-    low_first, low_second, high = _words(blocks, 96, 108)
-    low_bits = (low_first, low_second, low_first >> 4, low_second >> 4)  # scales 0-3, 4-7, 8-11, 12-15
-    six_bit = _as_bytes(*((low & 0x0F0F0F0F) | (((high >> (2 * k)) & 0x03030303) << 4) for k, low in enumerate(low_bits)))
-    return fp16_field(blocks, 108) * (six_bit.view(torch.int8) - 32).float(), None
+    m = blocks.shape[0]
+    words = _words(blocks, 96, 108)
+    # Words of scales 0-3, 4-7 (low nibbles of bytes 0-7), then 8-11, 12-15 (high nibbles).
+    low = (words[:, None, 0:2] >> _word_nibble_shifts(blocks.device, torch.int32).view(2, 1)) & 0x0F0F0F0F
+    high = (words[:, 2:3] >> _word_crumb_shifts(blocks.device, torch.int32)) & 0x03030303
+    six_bit = (low.view(m, 4) | (high << 4)).view(torch.int8) - 32
+    return fp16_field(blocks, 108) * six_bit.float(), None
 
 
 # Q4_K: d, dmin, scales[12], qs[128]; Q5_K adds qh[32] before qs. qs byte 32c + l holds
@@ -104,11 +115,6 @@ def _unpack_q5_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
     fifth = bit_planes(blocks[:, 16:48]).view(4, 2, m, 32)  # (c, nibble, block, l): bit 2c + nibble
     q.add_(fifth.transpose(0, 1), alpha=16)
     values.view(m, 4, 2, 32).copy_(q.permute(2, 1, 0, 3))
-
-
-def _scales_q4_k_q5_k(blocks: torch.Tensor):
-    scales, mins = _six_bit_scales_and_mins(blocks)
-    return fp16_field(blocks, 0) * scales, -(fp16_field(blocks, 2) * mins)
 
 
 # Q6_K: ql[128], qh[64], scales[16] (int8), d. Half h (128 elements): plane k = 2 * nibble + kk
@@ -131,10 +137,10 @@ def _scales_q6_k(blocks: torch.Tensor):
 
 # widest: the planes of the whole block (bit pairs: 4x its bytes, nibbles: 2x).
 KERNELS = {
-    T.Q2_K: BlockFormat(QK_K, _scales_q2_k, _unpack_q2_k, widest=4 * 84),
+    T.Q2_K: BlockFormat(QK_K, _scales_q2_k, _unpack_q2_k, subtract_min=True, widest=4 * 84),
     T.Q3_K: BlockFormat(QK_K, _scales_q3_k, _unpack_q3_k, widest=4 * 110),
-    T.Q4_K: BlockFormat(QK_K, _scales_q4_k_q5_k, _unpack_q4_k, widest=2 * 144),
-    T.Q5_K: BlockFormat(QK_K, _scales_q4_k_q5_k, _unpack_q5_k, widest=2 * 176),
+    T.Q4_K: BlockFormat(QK_K, _scales_q4_k_q5_k, _unpack_q4_k, subtract_min=True, widest=2 * 144),
+    T.Q5_K: BlockFormat(QK_K, _scales_q4_k_q5_k, _unpack_q5_k, subtract_min=True, widest=2 * 176),
     T.Q6_K: BlockFormat(QK_K, _scales_q6_k, _unpack_q6_k, widest=2 * 210),
 }
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-# (m, type_size) uint8 blocks -> float32 scale and offset (or None), (m, n_sub) each: one value
+# (m, type_size) uint8 blocks -> float32 scale and min (or None), (m, n_sub) each: one value
 # per equal run of block_size / n_sub elements.
 Scales = Callable[[torch.Tensor], "tuple[torch.Tensor, Optional[torch.Tensor]]"]
 # Writes the integers q of (m, type_size) uint8 blocks, in output order, into a float32
@@ -39,11 +39,13 @@ Unpack = Callable[[torch.Tensor, torch.Tensor], None]
 
 @dataclass(frozen=True)
 class BlockFormat:
-    """A GGML type as w = scale * q [+ offset]; calling it dequantizes (n, type_size) blocks."""
+    """A GGML type as w = scale * q [+ or - min]; calling it dequantizes (n, type_size) blocks."""
 
     block_size: int
     scales: Scales
     unpack: Unpack
+    # gguf-py subtracts the K-quants' mins and adds the legacy _1 types' mins.
+    subtract_min: bool = False
     # Elements per block of unpack's largest intermediate, where that exceeds block_size
     # (e.g. 4 * type_size for the bit pairs of a whole block); sizes the chunks.
     widest: int = 0
@@ -52,9 +54,10 @@ class BlockFormat:
         return dequantize_blocks(blocks, dtype, self)
 
 
-# Elements of the widest intermediate of a chunk. CPU chunks stay in the per-core cache; on
-# accelerators, fewer and larger launches matter more.
-CPU_CHUNK_ELEMENTS = 1 << 18
+# Elements of the widest intermediate of a chunk. CPU: measured best on 2 cores (smaller
+# chunks pay per-op overhead, which dominates for the per-block scale decoding of the 256-element
+# types); accelerators: fewer, larger launches.
+CPU_CHUNK_ELEMENTS = 1 << 20
 ACCELERATOR_CHUNK_ELEMENTS = 1 << 24
 
 
@@ -101,12 +104,16 @@ def dequantize_blocks(blocks: torch.Tensor, dtype: torch.dtype, fmt: BlockFormat
             chunk = block_chunks[i]
             m = chunk.shape[0]
             values = out_chunks[i] if scratch is None else scratch[:m]
-            scale, offset = fmt.scales(chunk)
+            scale, minimum = fmt.scales(chunk)
             fmt.unpack(chunk, values)
             sub_blocks = values.view(m, scale.shape[1], -1)
             sub_blocks.mul_(scale.unsqueeze(-1))
-            if offset is not None:
-                sub_blocks.add_(offset.unsqueeze(-1))
+            if minimum is None:
+                pass
+            elif fmt.subtract_min:
+                sub_blocks.sub_(minimum.unsqueeze(-1))
+            else:
+                sub_blocks.add_(minimum.unsqueeze(-1))
             if staged:
                 out_chunks[i].copy_(values)
 
@@ -129,18 +136,18 @@ def dequantize_blocks(blocks: torch.Tensor, dtype: torch.dtype, fmt: BlockFormat
     return out
 
 
-def fp16_field(blocks: torch.Tensor, offset: int) -> torch.Tensor:
-    """The little-endian fp16 at byte `offset` of every block, as a float32 (n, 1) tensor.
+def fp16_field(blocks: torch.Tensor, offset: int, count: int = 1) -> torch.Tensor:
+    """`count` consecutive little-endian fp16 values from byte `offset` of every block, float32 (n, count).
 
-    Read as one strided column of 16-bit words where the alignment allows (a single loop),
-    else from a compact copy of the two bytes.
+    Read through a 16-bit view of the blocks where the alignment allows, else from a compact
+    copy of the bytes.
     """
     aligned = blocks.stride(1) == 1 and all(v % 2 == 0 for v in (offset, blocks.stride(0), blocks.storage_offset()))
     if aligned and blocks.shape[1] % 2 == 0:
-        field = blocks.view(torch.float16)[:, offset // 2]
+        field = blocks.view(torch.float16)[:, offset // 2 : offset // 2 + count]
     else:
-        field = blocks[:, offset : offset + 2].contiguous().view(torch.float16)
-    return field.float().view(-1, 1)
+        field = blocks[:, offset : offset + 2 * count].clone(memory_format=torch.contiguous_format).view(torch.float16)
+    return field.float()
 
 
 def device_table(build: Callable[[], np.ndarray]):
