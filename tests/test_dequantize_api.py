@@ -42,6 +42,24 @@ def test_empty_tensor(ggml_type):
     assert result.shape == (0, block_size) and result.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_works_under_inference_mode_and_keeps_the_thread_setting(monkeypatch, dtype):
+    # ComfyUI dequantizes under torch.inference_mode(); small chunks make the driver use its
+    # helper threads, whose modes are their own.
+    monkeypatch.setattr(legacy, "CPU_CHUNK_ELEMENTS", 4 * 2 * 144)
+    data = raw_weight(T.Q4_K, rows=8, blocks_per_row=4)
+    expected = torch.from_numpy(np.array(quants.dequantize(data.numpy(), T.Q4_K), dtype=np.float32))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            result = dequantize(data, T.Q4_K, (8, 1024), dtype)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(result, expected.to(dtype))
+
+
 def test_default_dtype_is_float16():
     assert dequantize(raw_weight(T.Q4_0, 1, 1), T.Q4_0, (32,)).dtype == torch.float16
 

@@ -66,11 +66,14 @@ def _helper_pool(n_helpers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=n_helpers, thread_name_prefix="zimage-dequant")
 
 
-def _single_threaded(work: Callable[[], None]) -> None:
+def _single_threaded(work: Callable[[], None], inference: bool, grad: bool) -> None:
     # Helper-pool threads only ever run dequantization work, so the setting can stay.
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
-    work()
+    # Inference and grad modes are per thread: take the caller's, or in-place writes into
+    # tensors it made under torch.inference_mode() (as ComfyUI runs) would be refused.
+    with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+        work()
 
 
 def dequantize_blocks(blocks: torch.Tensor, dtype: torch.dtype, fmt: BlockFormat) -> torch.Tensor:
@@ -124,7 +127,8 @@ def dequantize_blocks(blocks: torch.Tensor, dtype: torch.dtype, fmt: BlockFormat
     caller_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        helpers = [_helper_pool(threads - 1).submit(_single_threaded, work) for _ in range(threads - 1)]
+        modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+        helpers = [_helper_pool(threads - 1).submit(_single_threaded, work, *modes) for _ in range(threads - 1)]
         try:
             work()
         finally:
