@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
-from .legacy import BlockFormat, byte_index, crumb_planes, device_table, fp16_field, random_bytes, random_fp16
+from .legacy import BlockFormat, byte_index, crumb_planes, device_table, fp16_field, random_bytes, random_with_fp16_fields
 
 QK_K = 256
 
@@ -145,21 +145,9 @@ KERNELS = {
 }
 
 
-def _random_tq1_0(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
-    blocks = random_bytes(rng, n_blocks, T.TQ1_0)
-    blocks[:, 52:54] = random_fp16(rng, n_blocks, 1.0, signed=False)
-    return blocks
-
-
-def _random_tq2_0(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
-    blocks = random_bytes(rng, n_blocks, T.TQ2_0)
-    blocks[:, 64:66] = random_fp16(rng, n_blocks, 0.5, signed=False)  # q reaches 2
-    return blocks
-
-
 def _random_mxfp4(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
     blocks = random_bytes(rng, n_blocks, T.MXFP4)
-    blocks[:, 0] = rng.integers(112, 125, n_blocks)  # scale 2^-16 .. 2^-4, |w| <= 12 * 2^-5
+    blocks[:, 0] = rng.integers(112, 125, n_blocks)  # halved scale 2^-16 .. 2^-4, |w| <= 12 * 2^-4
     return blocks
 
 
@@ -170,8 +158,8 @@ def _random_nvfp4(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
 
 
 RANDOM_BLOCKS = {
-    T.TQ1_0: _random_tq1_0,
-    T.TQ2_0: _random_tq2_0,
+    T.TQ1_0: random_with_fp16_fields(T.TQ1_0, {52: (1.0, False)}),
+    T.TQ2_0: random_with_fp16_fields(T.TQ2_0, {64: (0.5, False)}),  # q reaches 2
     T.MXFP4: _random_mxfp4,
     T.NVFP4: _random_nvfp4,
 }

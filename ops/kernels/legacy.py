@@ -3,12 +3,12 @@
 Also home of what every kernel module here shares: the block-format driver, fp16 field
 reading, bit-plane extraction and per-(device, dtype) table caching.
 
-Every quantized type here dequantizes as w = scale * q [+ offset], with one scale (and offset)
+Every quantized type here dequantizes as w = scale * q [+ or - min], with one scale (and min)
 per block or sub-block and q a small integer. A type is therefore described by a BlockFormat:
-  - `scales`: blocks -> the per-(sub-)block scale and offset, float32, as gguf-py computes them;
+  - `scales`: blocks -> the per-(sub-)block scale and min, float32, as gguf-py computes them;
   - `unpack`: blocks -> the integers q, in output order, written into float32 values;
 and the driver does the float arithmetic in float32, in gguf-py's order (scale, then times q,
-then plus offset), so its float32 result is gguf-py's bit for bit; other dtypes get that
+then plus or minus min), so its float32 result is gguf-py's bit for bit; other dtypes get that
 float32 result rounded once.
 
 Why chunks: a full-size intermediate costs a trip to main memory (and page faults when freshly
@@ -23,7 +23,7 @@ import functools
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 # (m, type_size) uint8 blocks -> float32 scale and min (or None), (m, n_sub) each: one value
 # per equal run of block_size / n_sub elements.
-Scales = Callable[[torch.Tensor], "tuple[torch.Tensor, Optional[torch.Tensor]]"]
+Scales = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 # Writes the integers q of (m, type_size) uint8 blocks, in output order, into a float32
 # (m, block_size) tensor.
 Unpack = Callable[[torch.Tensor, torch.Tensor], None]
@@ -111,11 +111,9 @@ def dequantize_blocks(blocks: torch.Tensor, dtype: torch.dtype, fmt: BlockFormat
             fmt.unpack(chunk, values)
             sub_blocks = values.view(m, scale.shape[1], -1)
             sub_blocks.mul_(scale.unsqueeze(-1))
-            if minimum is None:
-                pass
-            elif fmt.subtract_min:
+            if minimum is not None and fmt.subtract_min:
                 sub_blocks.sub_(minimum.unsqueeze(-1))
-            else:
+            elif minimum is not None:
                 sub_blocks.add_(minimum.unsqueeze(-1))
             if staged:
                 out_chunks[i].copy_(values)
@@ -275,7 +273,7 @@ def _random_floats(numpy_dtype: str):
 # 5-bit types 4 bytes holding the 32 fifth bits as one little-endian uint32 (bit j belongs to
 # element j), then 16 bytes of nibbles: byte i holds element i (low nibble) and i+16 (high).
 # gguf-py computes d * (q - 8) / d * (q - 16) with the offset inside the integer, and
-# d * q + m for the _1 types; the unpackers and scale/offset below follow that.
+# d * q + m for the _1 types; the unpackers and scales below follow that.
 
 
 @device_table
