@@ -60,6 +60,18 @@ def test_works_under_inference_mode_and_keeps_the_thread_setting(monkeypatch, dt
     assert torch.equal(result, expected.to(dtype))
 
 
+@pytest.mark.parametrize("ggml_type", list(QUANT_TYPES), ids=lambda t: t.name)
+def test_every_type_works_under_inference_mode(ggml_type):
+    # ComfyUI dequantizes under torch.inference_mode(); a million weights is enough for every
+    # kernel to split its work, so writes from worker threads are exercised too.
+    block_size = GGML_QUANT_SIZES[ggml_type][0]
+    n_blocks = (1 << 20) // block_size
+    data = raw_weight(ggml_type, rows=1, blocks_per_row=n_blocks)
+    with torch.inference_mode():
+        result = dequantize(data, ggml_type, (n_blocks * block_size,), torch.float16)
+    assert result.shape == (n_blocks * block_size,) and torch.isfinite(result).all()
+
+
 def test_default_dtype_is_float16():
     assert dequantize(raw_weight(T.Q4_0, 1, 1), T.Q4_0, (32,)).dtype == torch.float16
 
