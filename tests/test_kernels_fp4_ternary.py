@@ -18,7 +18,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 def reference(raw: np.ndarray, ggml_type: T) -> torch.Tensor:
     block_size = GGML_QUANT_SIZES[ggml_type][0]
-    with np.errstate(over="ignore"):  # MXFP4's largest scales overflow to inf, as in ggml
+    with np.errstate(over="ignore", invalid="ignore"):  # MXFP4's largest scales overflow to inf, as in ggml
         values = np.array(quants.dequantize(raw, ggml_type), dtype=np.float32)
     return torch.from_numpy(values).reshape(-1, block_size)
 
@@ -67,7 +67,7 @@ def test_ternary_every_byte_value(ggml_type):
     check_all_dtypes(raw, ggml_type)
 
 
-@pytest.mark.parametrize("scale", [0.0, 65504.0, -65504.0, 2.0**-24], ids=str)
+@pytest.mark.parametrize("scale", [0.0, 65504.0, -65504.0, 2.0**-24, np.inf, np.nan], ids=str)
 @pytest.mark.parametrize("ggml_type", [T.TQ1_0, T.TQ2_0], ids=lambda t: t.name)
 def test_ternary_extreme_fp16_scales(ggml_type, scale):
     raw = RANDOM_BLOCKS[ggml_type](8, np.random.default_rng(3))
