@@ -1,10 +1,13 @@
 """Torch kernels for the I-quants: IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS.
 
 Every I-quant stores, per group of 4 or 8 weights, an index into a fixed codebook ("grid") plus
-sign bits and small integer sub-block scales, all multiplied by an fp16 block scale `d`. The
-kernels turn each group's bits into one row index of a precomputed table whose rows already hold
-grid value x sign (and, where it keeps the table small, the sub-block scale), gather whole rows
-with `index_select` straight into the output, then multiply by the remaining scales in place.
+sign bits and small integer sub-block scales, all multiplied by an fp16 block scale `d`. A
+decoder turns each group's bits into one row index of a precomputed value table whose rows
+already hold grid value x sign (and the sub-block scale where that keeps the table small); the
+rows are gathered with `index_select` straight into the output, then multiplied in place by the
+remaining scales. Bit fields are spread into per-row index parts with small lookup tables too
+(byte -> several int16), because torch's CPU loops handle a broadcast over a short last
+dimension (`word >> (0, 3, 6, 9)`) element by element, ten times slower than a gather.
 
 Exactness: gguf-py computes in float32 and every intermediate product there is exact (a few
 small integers times an fp16 value), so float32 results equal it bit for bit in any order. For
@@ -25,7 +28,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gguf_quants
 
-# --- tables, built once from gguf-py's codebooks and cached per (device, dtype) ---------------
+# --- value tables, built once from gguf-py's codebooks --------------------------------------------
 
 
 def _codebook(quant_class) -> np.ndarray:
@@ -45,7 +48,7 @@ def _ksigns() -> np.ndarray:
     return np.frombuffer(gguf_quants.IQ2_XXS.ksigns, dtype=np.uint8).astype(np.int64)
 
 
-def _iq2_xxs_table() -> np.ndarray:
+def _iq2_xxs_values() -> np.ndarray:
     # row (grid index << 7 | sign index); the 1/8 of d*(0.5+s)/4 = d*(2s+1)/8 lives here because
     # every grid value / 8 is exact in fp16 while d / 8 may not be (subnormal d).
     grid = _codebook(gguf_quants.IQ2_XXS) / 8
@@ -53,60 +56,111 @@ def _iq2_xxs_table() -> np.ndarray:
     return (grid[:, None, :] * signs[None, :, :]).reshape(-1, 8)
 
 
-def _iq2_xs_table() -> np.ndarray:
-    # row = the 16-bit field itself: 9-bit grid index | 7-bit sign index << 9
-    field = np.arange(1 << 16)
-    grid = _codebook(gguf_quants.IQ2_XS) / 8
-    return grid[field & 511] * _sign_patterns(_ksigns()[field >> 9], 8)
+def _scaled_grid_values(quant_class) -> np.ndarray:
+    # row (4-bit sub-block scale s << grid index bits | grid index): (2s+1) * grid / 8, at most
+    # 5 + 6 significant bits, exact in fp16; the signs come from a second gather
+    grid = _codebook(quant_class) / 8
+    factor = np.arange(1, 32, 2, dtype=np.float32)
+    return (factor[:, None, None] * grid[None, :, :]).reshape(-1, 8)
 
 
-def _iq2_s_table() -> np.ndarray:
-    # row (10-bit grid index << 8 | sign byte)
-    grid = _codebook(gguf_quants.IQ2_S) / 8
-    signs = _sign_patterns(np.arange(256), 8)
-    return (grid[:, None, :] * signs[None, :, :]).reshape(-1, 8)
-
-
-def _iq3_xxs_table() -> np.ndarray:
-    # half-group rows of 4: (grid index << 8 | 7-bit sign index << 1 | which half of the 8 signs)
-    grid = _codebook(gguf_quants.IQ3_XXS) / 4
-    signs = _sign_patterns(_ksigns(), 8).reshape(128, 2, 4)
-    return (grid[:, None, None, :] * signs[None, :, :, :]).reshape(-1, 4)
-
-
-def _iq3_s_table() -> np.ndarray:
-    # rows of 4: (9-bit grid index << 4 | 4 sign bits)
-    grid = _codebook(gguf_quants.IQ3_S)
+def _half_signed_grid_values(grid: np.ndarray) -> np.ndarray:
+    # rows of 4: (grid index << 4 | 4 sign bits)
     signs = _sign_patterns(np.arange(16), 4)
     return (grid[:, None, :] * signs[None, :, :]).reshape(-1, 4)
 
 
-def _iq1_table() -> np.ndarray:
-    # row (3-bit scale s | delta-negative bit << 3) << 11 | 11-bit grid index, value
-    # (2s+1) * (grid + delta): at most 8 significant bits, exact in fp16 and bf16.
+def _iq1_values() -> np.ndarray:
+    # row (3-bit scale s << 12 | delta-negative bit << 11 | 11-bit grid index), value
+    # (2s+1) * (grid + delta): at most 8 significant bits, exact in fp16 and bf16
     grid = _codebook(gguf_quants.IQ1_S)
     delta = np.float32(gguf_quants.IQ1_S.delta)
-    key = np.arange(16)
-    factor = (2 * (key & 7) + 1).astype(np.float32)
-    shift = np.where(key >> 3 == 1, -delta, delta).astype(np.float32)
-    return (factor[:, None, None] * (grid[None, :, :] + shift[:, None, None])).reshape(-1, 8)
+    factor = np.arange(1, 16, 2, dtype=np.float32)
+    shift = np.array([delta, -delta], dtype=np.float32)
+    values = factor[:, None, None, None] * (grid[None, None, :, :] + shift[None, :, None, None])
+    return values.reshape(-1, 8)
 
 
-def _iq4_table() -> np.ndarray:
+def _iq4_values() -> np.ndarray:
     # row = four 4-bit codes packed little-endian into 16 bits -> their four codebook values
     kvalues = np.array(gguf_quants.IQ4_NL.kvalues, dtype=np.float32)
     packed = np.arange(1 << 16)
     return kvalues[(packed[:, None] >> (4 * np.arange(4))) & 15]
 
 
+# --- index lookup tables: packed bit fields -> per-row parts of a value-table index -----------------
+# Parts are OR-ed together, so a field split across two bytes is two tables (low and high byte).
+# "doubled" parts fill both int16 halves of an int32: one scale shared by two adjacent rows.
+
+_BYTES = np.arange(256)
+
+
+def _doubled(part: np.ndarray) -> np.ndarray:
+    return part * 0x10001
+
+
+def _iq1_s_qh_parts(byte_shift: int) -> np.ndarray:
+    # the uint16 per 32 weights: 4 x 3 high grid bits, 3-bit scale, delta sign -> iq1 rows
+    qh = _BYTES << byte_shift
+    rows = [((qh >> 12) & 7) << 12 | (qh >> 15) << 11 | ((qh >> 3 * r) & 7) << 8 for r in range(4)]
+    return np.stack(rows, axis=-1)
+
+
+def _iq1_m_scale_parts() -> np.ndarray:
+    # low 12 bits of a scale word: four 3-bit scales, each shared by two rows
+    word = np.arange(1 << 12)
+    return np.stack([_doubled(((word >> 3 * k) & 7) << 12) for k in range(4)], axis=-1)
+
+
+def _scale_pair_parts(shift: int) -> np.ndarray:
+    # a byte of two 4-bit scales, each shared by two rows
+    return np.stack([_doubled((_BYTES & 15) << shift), _doubled((_BYTES >> 4) << shift)], axis=-1)
+
+
+def _bit_field_parts(bits: int, shift: int) -> np.ndarray:
+    # a byte of 8 // bits fields, one per row, each moved to `shift`
+    mask = (1 << bits) - 1
+    return np.stack([((_BYTES >> k) & mask) << shift for k in range(0, 8, bits)], axis=-1)
+
+
+def _sign_index_pairs() -> np.ndarray:
+    # 14 bits -> two 7-bit sign indices (IQ2_XXS rows)
+    index = np.arange(1 << 14)
+    return np.stack([index & 127, index >> 7], axis=-1)
+
+
+def _ksign_nibble_pairs() -> np.ndarray:
+    # 14 bits -> two 7-bit sign indices -> the low and high 4 of each one's 8 signs (IQ3_XXS rows)
+    index = np.arange(1 << 14)
+    first, second = _ksigns()[index & 127], _ksigns()[index >> 7]
+    return np.stack([first & 15, first >> 4, second & 15, second >> 4], axis=-1)
+
+
 _TABLES = {
-    "iq2_xxs": _iq2_xxs_table,
-    "iq2_xs": _iq2_xs_table,
-    "iq2_s": _iq2_s_table,
-    "iq3_xxs": _iq3_xxs_table,
-    "iq3_s": _iq3_s_table,
-    "iq1": _iq1_table,
-    "iq4": _iq4_table,
+    # value tables, in the output dtype
+    "iq2_xxs": _iq2_xxs_values,
+    "iq2_xs": lambda: _scaled_grid_values(gguf_quants.IQ2_XS),
+    "iq2_s": lambda: _scaled_grid_values(gguf_quants.IQ2_S),
+    "ksigns": lambda: _sign_patterns(_ksigns(), 8),
+    "signs": lambda: _sign_patterns(_BYTES, 8),
+    # the 1/4 of d*(0.5+s)/2 = d*(2s+1)/4 as for IQ2_XXS: grid / 4 is exact
+    "iq3_xxs": lambda: _half_signed_grid_values(_codebook(gguf_quants.IQ3_XXS) / 4),
+    "iq3_s": lambda: _half_signed_grid_values(_codebook(gguf_quants.IQ3_S)),
+    "iq1": _iq1_values,
+    "iq4": _iq4_values,
+    # index lookup tables, int16 or int32
+    "iq1_s_qh_low": lambda: _iq1_s_qh_parts(0),
+    "iq1_s_qh_high": lambda: _iq1_s_qh_parts(8),
+    "iq1_m_qh": lambda: _bit_field_parts(4, 8),
+    "iq1_m_scales": _iq1_m_scale_parts,
+    "iq2_xs_scales": lambda: _scale_pair_parts(9),
+    "iq2_s_scales": lambda: _scale_pair_parts(10),
+    "iq2_s_qh": lambda: _bit_field_parts(2, 8),
+    "iq3_s_qh": lambda: _bit_field_parts(1, 12),
+    "nibbles": lambda: _bit_field_parts(4, 0),
+    "iq4_xs_high_scales": lambda: _bit_field_parts(2, 4),
+    "sign_index_pairs": _sign_index_pairs,
+    "ksign_nibble_pairs": _ksign_nibble_pairs,
 }
 
 
@@ -115,10 +169,28 @@ def _table(name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(_TABLES[name]()).to(device=device, dtype=dtype)
 
 
-@functools.lru_cache(maxsize=None)
-def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A small constant tensor (shift amounts), made once per device instead of per call."""
-    return torch.tensor(values, dtype=dtype, device=device)
+# --- gathers -----------------------------------------------------------------------------------
+
+# torch's CPU index_select copies each row of a 2-D table through a TensorIterator; viewing a row
+# as one 4-, 8- or 16-byte element takes its plain 1-D loop instead, two to ten times faster.
+_ROW_WORDS = {4: torch.int32, 8: torch.int64, 16: torch.complex128}
+
+def _gather(table: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> None:
+    """Write rows `index` (any integer tensor, flattened) of a 2-D `table` into contiguous `out`."""
+    index = index.reshape(-1).to(torch.int32)
+    word = _ROW_WORDS.get(table.shape[1] * table.element_size())
+    if out.device.type == "cpu" and word is not None:
+        torch.index_select(table.view(word).view(-1), 0, index, out=out.view(word).view(-1))
+    else:
+        torch.index_select(table, 0, index, out=out.view(-1, table.shape[1]))
+
+
+def _parts(table_name: str, fields: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Look up index parts for integer `fields` (..., k): (..., k * table width) of `dtype`."""
+    table = _table(table_name, fields.device, dtype)
+    out = torch.empty((*fields.shape[:-1], fields.shape[-1] * table.shape[1]), dtype=dtype, device=fields.device)
+    _gather(table, fields, out)
+    return out
 
 
 # --- field helpers -----------------------------------------------------------------------------
@@ -147,149 +219,134 @@ def _words(blocks: torch.Tensor, start: int, stop: int, dtype: torch.dtype) -> t
     return _reinterpret(blocks[:, start:stop], dtype)
 
 
-def _nibbles(data: torch.Tensor) -> torch.Tensor:
-    """Low then high nibble of each byte: (..., k) uint8 -> (..., 2k) uint8."""
-    return torch.stack((data & 15, data >> 4), dim=-1).flatten(-2)
-
-
 def _odd(field: torch.Tensor) -> torch.Tensor:
-    """2 * field + 1, the sub-block multiplier of the IQ1/IQ2/IQ3 scales, as int32."""
+    """2 * field + 1, the sub-block multiplier of the IQ2/IQ3 scales, as int32."""
     return field.to(torch.int32) * 2 + 1
 
 
-# --- decoders: a chunk of blocks -> (table, row index per group of weights, scale factors) ------
-# Factors are (n, groups) tensors applied in order to equal runs of weights; each is exact in
-# float16 and so is every partial product (see the table comments), so float16 stays exact.
+def _fourteen_bit_halves(aux: torch.Tensor) -> torch.Tensor:
+    """(n, 8) int32 words -> (n, 8, 2) of their bits 0-13 and 14-27 (two 7-bit sign indices each)."""
+    halves = torch.stack((aux, aux >> 14), dim=-1)
+    halves &= 0x3FFF
+    return halves
 
-Decoded = tuple[str, torch.Tensor, list[torch.Tensor]]
+
+# --- decoders: a chunk of blocks -> (gathers, scale factors) -------------------------------------
+# Each gather is (value table, row index per group of weights); the weights are the product of
+# the gathered rows (a grid, then signs where they have their own table) and the factors,
+# (n, groups) tensors applied in order to equal runs of weights. Each factor and every partial
+# product is exact in float16 (see the value tables), so float16 results are rounded once.
+# Indices are assembled in int16 where they fit in 15 bits, halving the memory traffic.
+
+Decoded = tuple[list[tuple[str, torch.Tensor]], list[torch.Tensor]]
 
 
 def _iq2_xxs(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
     groups = blocks[:, 2:].reshape(n, 8, 8)  # per 32 weights: 4 grid bytes, 1 uint32 of signs+scale
-    aux = _reinterpret(groups[:, :, 4:], torch.int32)  # (n, 8, 1)
-    index = groups[:, :, :4].to(torch.int32)
+    aux = _reinterpret(groups[:, :, 4:], torch.int32).view(n, 8)
+    index = groups[:, :, :4].to(torch.int16)
     index <<= 7
-    index |= (aux >> _constant((0, 7, 14, 21), blocks.device, torch.int32)) & 127
-    return "iq2_xxs", index, [_odd((aux.view(n, 8) >> 28) & 15), _fp16_field(blocks, 0)]
+    index |= _parts("sign_index_pairs", _fourteen_bit_halves(aux), torch.int16).view(n, 8, 4)
+    return [("iq2_xxs", index)], [_odd((aux >> 28) & 15), _fp16_field(blocks, 0)]
 
 
 def _iq2_xs(blocks: torch.Tensor) -> Decoded:
-    index = _words(blocks, 2, 66, torch.int16).to(torch.int32)
-    index &= 0xFFFF
-    return "iq2_xs", index, [_odd(_nibbles(blocks[:, 66:74])), _fp16_field(blocks, 0)]
+    n = blocks.shape[0]
+    fields = _words(blocks, 2, 66, torch.int16)  # per 8 weights: 9-bit grid index | 7-bit sign index
+    grid = fields & 511
+    pairs = grid.view(torch.int32)
+    pairs |= _parts("iq2_xs_scales", blocks[:, 66:74], torch.int32)
+    return [("iq2_xs", grid), ("ksigns", (fields >> 9) & 127)], [_fp16_field(blocks, 0)]
 
 
 def _iq2_s(blocks: torch.Tensor) -> Decoded:
-    n = blocks.shape[0]
-    high = (blocks[:, 66:74].unsqueeze(-1) >> _constant((0, 2, 4, 6), blocks.device, torch.uint8)) & 3
-    index = high.view(n, 32).to(torch.int32)
-    index <<= 8
-    index |= blocks[:, 2:34]
-    index <<= 8
-    index |= blocks[:, 34:66]
-    return "iq2_s", index, [_odd(_nibbles(blocks[:, 74:82])), _fp16_field(blocks, 0)]
+    grid = _parts("iq2_s_qh", blocks[:, 66:74], torch.int16)  # two high grid bits per 8 weights
+    grid |= blocks[:, 2:34]
+    pairs = grid.view(torch.int32)
+    pairs |= _parts("iq2_s_scales", blocks[:, 74:82], torch.int32)
+    return [("iq2_s", grid), ("signs", blocks[:, 34:66])], [_fp16_field(blocks, 0)]
 
 
 def _iq3_xxs(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
-    aux = _words(blocks, 66, 98, torch.int32).view(n, 8, 1)
-    # 7-bit sign index of each 8 weights at bit 1; bit 0 picks which half of them a row holds
-    signs = (aux >> _constant((0, 7, 14, 21), blocks.device, torch.int32)) & 127
-    signs <<= 1
-    index = blocks[:, 2:66].reshape(n, 8, 4, 2).to(torch.int32)
-    index <<= 8
-    index |= signs.unsqueeze(-1) | _constant((0, 1), blocks.device, torch.int32)
-    return "iq3_xxs", index, [_odd((aux.view(n, 8) >> 28) & 15), _fp16_field(blocks, 0)]
+    aux = _words(blocks, 66, 98, torch.int32)  # per 32 weights: 4 x 7-bit sign index, 4-bit scale
+    index = blocks[:, 2:66].to(torch.int16)
+    index <<= 4
+    index |= _parts("ksign_nibble_pairs", _fourteen_bit_halves(aux), torch.int16).view(n, 64)
+    return [("iq3_xxs", index)], [_odd((aux >> 28) & 15), _fp16_field(blocks, 0)]
 
 
 def _iq3_s(blocks: torch.Tensor) -> Decoded:
-    n = blocks.shape[0]
-    high = (blocks[:, 66:74].unsqueeze(-1) >> _constant(tuple(range(8)), blocks.device, torch.uint8)) & 1
-    index = high.view(n, 64).to(torch.int32)
-    index <<= 8
-    index |= blocks[:, 2:66]
-    index <<= 4
-    index |= _nibbles(blocks[:, 74:106])
-    return "iq3_s", index, [_odd(_nibbles(blocks[:, 106:110])), _fp16_field(blocks, 0)]
+    index = _parts("iq3_s_qh", blocks[:, 66:74], torch.int16)  # the high grid bit of each 4 weights
+    grid = blocks[:, 2:66].to(torch.int16)
+    grid <<= 4
+    index |= grid
+    index |= _parts("nibbles", blocks[:, 74:106], torch.int16)  # 4 signs per row
+    scales = _parts("nibbles", blocks[:, 106:110], torch.int16)
+    return [("iq3_s", index)], [_odd(scales), _fp16_field(blocks, 0)]
 
 
 def _iq1_s(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
-    qh = _words(blocks, 34, 50, torch.int16).view(n, 8, 1)
-    high = (qh >> _constant((0, 3, 6, 9), blocks.device, torch.int16)) & 7
-    high <<= 8
-    high |= ((qh >> 12) & 15) << 11  # 3-bit scale and delta sign: the table's top 4 index bits
-    index = blocks[:, 2:34].view(n, 8, 4).to(torch.int32)
-    index |= high
-    return "iq1", index, [_fp16_field(blocks, 0)]
+    qh = blocks[:, 34:50].reshape(n, 8, 2)  # the uint16 per 32 weights, as low and high byte
+    index = _parts("iq1_s_qh_low", qh[:, :, :1], torch.int16)
+    index |= _parts("iq1_s_qh_high", qh[:, :, 1:], torch.int16)
+    index = index.view(n, 32)
+    index |= blocks[:, 2:34]
+    return [("iq1", index)], [_fp16_field(blocks, 0)]
 
 
 def _iq1_m(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
-    packed_scales = _words(blocks, 48, 56, torch.int16).view(n, 4, 1)
-    # 3-bit scale per 16 weights, i.e. per two 8-weight groups
-    scale = (packed_scales >> _constant((0, 3, 6, 9), blocks.device, torch.int16)) & 7
-    qh = _nibbles(blocks[:, 32:48]).view(n, 16, 2)  # per 8 weights: 3 grid bits, delta sign
-    key = (qh & 8).to(torch.int16)
-    key |= scale.view(n, 16, 1)
-    key <<= 3
-    key |= qh & 7
-    index = key.view(n, 32).to(torch.int32)
-    index <<= 8
+    index = _parts("iq1_m_qh", blocks[:, 32:48], torch.int16)  # 3 grid bits + delta sign per row
+    scales = _words(blocks, 48, 56, torch.int16) & 0x0FFF  # four 3-bit scales per word
+    pairs = index.view(torch.int32)
+    pairs |= _parts("iq1_m_scales", scales, torch.int32)
     index |= blocks[:, :32]
     # the fp16 block scale is spread over the top nibbles of the four scale words
     top = blocks[:, 48:56].reshape(n, 2, 4)[:, :, 1::2]  # high bytes of words 0,1 | 2,3
     d_bytes = (top[:, :, 0] >> 4) | (top[:, :, 1] & 0xF0)
-    return "iq1", index, [_reinterpret(d_bytes, torch.float16)]
+    return [("iq1", index)], [_reinterpret(d_bytes, torch.float16)]
 
 
 def _iq4_codes(data: torch.Tensor) -> torch.Tensor:
-    """(n, 4k) code bytes -> (n, 2, k) int32 table rows: row [h, m] packs the low (h=0) or high
-    (h=1) nibbles of bytes 4m..4m+3, which are weights h*2k + 4m .. h*2k + 4m + 3."""
-    words = _reinterpret(data, torch.int32)
-    codes = torch.stack((words, words >> 4), dim=-2)
-    codes &= 0x0F0F0F0F
+    """(..., 16) code bytes -> (..., 2, 4) int32 "iq4" rows: row [h, m] packs the low (h=0) or
+    high (h=1) nibbles of bytes 4m..4m+3, which are weights 16h + 4m .. 16h + 4m + 3."""
+    halves = torch.stack((data & 15, data >> 4), dim=-2)  # one nibble per byte
+    codes = halves.view(torch.int32)
     codes |= codes >> 4  # bytes 0 and 2 now hold two codes each
-    return (codes & 0xFF) | ((codes >> 8) & 0xFF00)
+    packed = codes >> 8
+    packed &= 0xFF00
+    codes &= 0xFF
+    codes |= packed
+    return codes
 
 
 def _iq4_nl(blocks: torch.Tensor) -> Decoded:
-    return "iq4", _iq4_codes(blocks[:, 2:18]), [_fp16_field(blocks, 0)]
+    return [("iq4", _iq4_codes(blocks[:, 2:18]))], [_fp16_field(blocks, 0)]
 
 
 def _iq4_xs(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
-    high = _words(blocks, 2, 4, torch.int16).view(n, 1)
-    high = (high >> _constant(tuple(range(0, 16, 2)), blocks.device, torch.int16)) & 3
-    high <<= 4
-    scale = (high | _nibbles(blocks[:, 4:8])) - 32
-    return "iq4", _iq4_codes(blocks[:, 8:136].reshape(n * 8, 16)), [scale, _fp16_field(blocks, 0)]
+    scale = _parts("iq4_xs_high_scales", blocks[:, 2:4], torch.int16)  # 6-bit scales, high bits
+    scale |= _parts("nibbles", blocks[:, 4:8], torch.int16)
+    scale -= 32
+    codes = _iq4_codes(blocks[:, 8:136].reshape(n, 8, 16))
+    return [("iq4", codes)], [scale, _fp16_field(blocks, 0)]
 
 
 # --- driver ------------------------------------------------------------------------------------
 
 
-def _gather(table_name: str, index: torch.Tensor, out: torch.Tensor) -> None:
-    """Write table rows `index` (flattened) into `out`, viewed as rows of the table's width."""
-    table = _table(table_name, out.device, out.dtype)
-    index = index.reshape(-1)
-    row_bytes = table.shape[1] * table.element_size()
-    if out.device.type == "cpu" and row_bytes in _ROW_WORDS:
-        # torch's CPU index_select copies each row of a 2-D table through a TensorIterator; one
-        # 8- or 16-byte element per row takes its plain 1-D loop instead, about twice as fast.
-        word = _ROW_WORDS[row_bytes]
-        torch.index_select(table.view(word).view(-1), 0, index, out=out.view(word).view(-1))
-    else:
-        torch.index_select(table, 0, index, out=out.view(-1, table.shape[1]))
-
-
-_ROW_WORDS = {8: torch.int64, 16: torch.complex128}
-
-
 def _decode_into(decode, blocks: torch.Tensor, values: torch.Tensor) -> None:
-    table_name, index, factors = decode(blocks)
-    _gather(table_name, index, values)
+    gathers, factors = decode(blocks)
+    (table_name, index), *more = gathers
+    _gather(_table(table_name, values.device, values.dtype), index, values)
+    for table_name, index in more:
+        rows = torch.empty_like(values)
+        _gather(_table(table_name, values.device, values.dtype), index, rows)
+        values.mul_(rows)
     if values.dtype == torch.float32 and len(factors) > 1:
         # float32 holds every product of the factors exactly: one multiply instead of several
         factors = [functools.reduce(torch.mul, [factor.float() for factor in factors])]
@@ -298,10 +355,12 @@ def _decode_into(decode, blocks: torch.Tensor, values: torch.Tensor) -> None:
         values.view(n, factor.shape[1], -1).mul_(factor.to(values.dtype).unsqueeze(-1))
 
 
-# On CPU every temporary above glibc's mmap threshold is fresh memory on every call, and page
-# faults cost as much as the arithmetic; the gathered values also fall out of cache before the
-# multiplies reach them. Slices of this many weights keep temporaries small, reused and cached.
-CPU_CHUNK_WEIGHTS = 1 << 20
+# Kernels run over slices of this many weights. A full-size temporary would be fresh pages, page
+# faulted on every call (as costly as the arithmetic) and out of cache by the next op; slices keep
+# temporaries small, reused by the allocator and mostly cached. Slices are not smaller because
+# each op on one ends in a thread barrier, and on a busy CPU every barrier may wait for a
+# descheduled thread.
+CPU_CHUNK_WEIGHTS = 1 << 22
 ACCELERATOR_CHUNK_WEIGHTS = 1 << 24
 
 
