@@ -1,7 +1,9 @@
 """`python -m comfyui_zimage_gguf bench`: dequantization speed per GGML type and GGUF opening time.
 
 Every figure is a median of repeated runs; ratios are taken against a same-size fp16 tensor copy
-timed in the same run, because absolute times on shared machines swing between runs.
+timed in the same run, because absolute times on shared machines swing between runs. The copy
+is timed again alongside each type, runs alternating, so that load changing during the run
+moves both sides of each ratio alike.
 """
 from __future__ import annotations
 
@@ -17,14 +19,22 @@ from .ops import QUANT_TYPES, dequantize
 from .ops.kernels import RANDOM_BLOCKS
 
 
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def _median_seconds(fn, repeat: int) -> float:
     fn()  # warm-up: builds cached tables, faults pages in
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_seconds(fn) for _ in range(repeat))
+
+
+def _paired_median_seconds(fn, baseline, repeat: int) -> tuple[float, float]:
+    """Medians of `fn` and `baseline`, timed in alternation."""
+    fn()
+    pairs = [(_seconds(fn), _seconds(baseline)) for _ in range(repeat)]
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
 
 def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
@@ -47,13 +57,15 @@ def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
         # time, so handing it one row per block would time its Python loop, not its maths.
         raw = RANDOM_BLOCKS[ggml_type](n_blocks, rng).reshape(rows, -1)
         data = torch.from_numpy(raw).reshape(-1)
-        seconds = _median_seconds(lambda: dequantize(data, ggml_type, (rows, cols), torch.float16), repeat)
+        seconds, type_copy_s = _paired_median_seconds(
+            lambda: dequantize(data, ggml_type, (rows, cols), torch.float16), baseline_src.clone, repeat
+        )
         numpy_s = _median_seconds(lambda: gguf_quants.dequantize(raw, ggml_type), max(1, repeat // 3))
         row = {
             "type": name,
             "ms": seconds * 1e3,
             "gbps": out_bytes / seconds / 1e9,
-            "x_copy": seconds / copy_s,
+            "x_copy": seconds / type_copy_s,
             "numpy_ms": numpy_s * 1e3,
             "vs_numpy": numpy_s / seconds,
         }
