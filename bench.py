@@ -1,9 +1,9 @@
 """`python -m comfyui_zimage_gguf bench`: dequantization speed per GGML type and GGUF opening time.
 
 Every figure is a median of repeated runs; ratios are taken against a same-size fp16 tensor copy
-timed in the same run, because absolute times on shared machines swing between runs. The copy
-is timed again alongside each type, runs alternating, so that load changing during the run
-moves both sides of each ratio alike.
+timed in the same run, because absolute times on shared machines swing between runs. Both sides
+of each ratio (the copy, gguf-py's numpy dequantization) are timed alongside each type, runs
+alternating, so that load changing during the run moves both sides alike.
 """
 from __future__ import annotations
 
@@ -30,11 +30,16 @@ def _median_seconds(fn, repeat: int) -> float:
     return statistics.median(_seconds(fn) for _ in range(repeat))
 
 
-def _paired_median_seconds(fn, baseline, repeat: int) -> tuple[float, float]:
-    """Medians of `fn` and `baseline`, timed in alternation."""
-    fn()
-    pairs = [(_seconds(fn), _seconds(baseline)) for _ in range(repeat)]
-    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+def _interleaved_medians(timed) -> list[float]:
+    """Median seconds of each (function, runs) pair, run in rotation (each only in its first `runs` rounds)."""
+    for fn, _ in timed:
+        fn()
+    samples = [[] for _ in timed]
+    for round_index in range(max(runs for _, runs in timed)):
+        for (fn, runs), times in zip(timed, samples):
+            if round_index < runs:
+                times.append(_seconds(fn))
+    return [statistics.median(times) for times in samples]
 
 
 def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
@@ -57,10 +62,11 @@ def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
         # time, so handing it one row per block would time its Python loop, not its maths.
         raw = RANDOM_BLOCKS[ggml_type](n_blocks, rng).reshape(rows, -1)
         data = torch.from_numpy(raw).reshape(-1)
-        seconds, type_copy_s = _paired_median_seconds(
-            lambda: dequantize(data, ggml_type, (rows, cols), torch.float16), baseline_src.clone, repeat
-        )
-        numpy_s = _median_seconds(lambda: gguf_quants.dequantize(raw, ggml_type), max(1, repeat // 3))
+        seconds, type_copy_s, numpy_s = _interleaved_medians([
+            (lambda: dequantize(data, ggml_type, (rows, cols), torch.float16), repeat),
+            (baseline_src.clone, repeat),
+            (lambda: gguf_quants.dequantize(raw, ggml_type), max(1, repeat // 3)),
+        ])
         row = {
             "type": name,
             "ms": seconds * 1e3,
