@@ -110,5 +110,15 @@ def test_chunked_run_covers_every_block_including_a_short_last_chunk(ggml_type, 
     assert torch.equal(kernel(ggml_type, raw, dtype), reference(raw, ggml_type).to(dtype))
 
 
+@pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
+def test_plain_row_gathers_that_other_devices_use_give_the_same_result(ggml_type, monkeypatch):
+    # on CPU rows are gathered as single 4/8/16-byte words; MPS and CUDA gather 2-D rows
+    monkeypatch.setattr(iquants, "_ROW_WORDS", {})
+    raw = iquants.RANDOM_BLOCKS[ggml_type](50, np.random.default_rng(6))
+    expected = reference(raw, ggml_type)
+    for dtype in (torch.float32, torch.float16):
+        assert torch.equal(kernel(ggml_type, raw, dtype), expected.to(dtype))
+
+
 def test_every_iquant_has_a_kernel_and_a_block_generator():
     assert set(iquants.KERNELS) == set(IQUANTS) == set(iquants.RANDOM_BLOCKS)
