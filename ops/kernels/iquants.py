@@ -123,12 +123,6 @@ def _bit_field_parts(bits: int, shift: int) -> np.ndarray:
     return np.stack([((_BYTES >> k) & mask) << shift for k in range(0, 8, bits)], axis=-1)
 
 
-def _sign_index_pairs() -> np.ndarray:
-    # 14 bits -> two 7-bit sign indices (IQ2_XXS rows)
-    index = np.arange(1 << 14)
-    return np.stack([index & 127, index >> 7], axis=-1)
-
-
 def _ksign_nibble_pairs() -> np.ndarray:
     # 14 bits -> two 7-bit sign indices -> the low and high 4 of each one's 8 signs (IQ3_XXS rows)
     index = np.arange(1 << 14)
@@ -159,7 +153,6 @@ _TABLES = {
     "iq3_s_qh": lambda: _bit_field_parts(1, 12),
     "nibbles": lambda: _bit_field_parts(4, 0),
     "iq4_xs_high_scales": lambda: _bit_field_parts(2, 4),
-    "sign_index_pairs": _sign_index_pairs,
     "ksign_nibble_pairs": _ksign_nibble_pairs,
 }
 
@@ -176,11 +169,18 @@ def _table(name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 # (Wider rows, 8 float32, amortise the per-row cost and are faster as they are.)
 _ROW_WORDS = {4: torch.int32, 8: torch.int64, 16: torch.complex128}
 
+
+def _cpu_word_views(device: torch.device) -> bool:
+    """Whether to move data as single 4/8/16-byte words (int64, complex128...): a CPU speed-up;
+    MPS has no complex128."""
+    return device.type == "cpu"
+
+
 def _gather(table: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> None:
     """Write rows `index` (any integer tensor, flattened) of a 2-D `table` into contiguous `out`."""
     index = index.reshape(-1).to(torch.int32)
     word = _ROW_WORDS.get(table.shape[1] * table.element_size())
-    if out.device.type == "cpu" and word is not None:
+    if word is not None and _cpu_word_views(out.device):
         torch.index_select(table.view(word).view(-1), 0, index, out=out.view(word).view(-1))
     else:
         torch.index_select(table, 0, index, out=out.view(-1, table.shape[1]))
@@ -252,8 +252,8 @@ def _iq2_xxs(blocks: torch.Tensor) -> Decoded:
     halves = torch.stack((aux, aux >> 14), dim=-1)
     signs = halves & 127
     signs <<= 8
+    halves &= 0x3F80  # masked before the shift, so that nothing reaches the int32 sign bit
     halves <<= 17
-    halves &= 0x7F000000
     signs |= halves
     index |= signs.view(torch.int16).view(n, 32)
     return [("iq2_xxs", index)], [_odd((aux >> 28) & 15), _fp16_field(blocks, 0)]
@@ -325,9 +325,11 @@ def _iq4_codes(data: torch.Tensor) -> torch.Tensor:
     low = words & 0x0F0F0F0F
     high = words >> 4
     high &= 0x0F0F0F0F
-    # stacked as one 16-byte element per half: torch copies 4-word pieces one int32 at a time
-    codes = torch.stack((low.view(torch.complex128), high.view(torch.complex128)), dim=1)
-    codes = codes.view(torch.int32)
+    if _cpu_word_views(words.device):
+        # one 16-byte element per half: torch's CPU stack copies 4-word pieces 6x slower
+        codes = torch.stack((low.view(torch.complex128), high.view(torch.complex128)), dim=1).view(torch.int32)
+    else:
+        codes = torch.stack((low, high), dim=1)
     codes |= codes >> 4  # bytes 0 and 2 now hold two codes each
     packed = codes >> 8
     packed &= 0xFF00
@@ -352,12 +354,13 @@ def _iq4_xs(blocks: torch.Tensor) -> Decoded:
 # --- driver ------------------------------------------------------------------------------------
 
 
-def _decode_into(decode, blocks: torch.Tensor, values: torch.Tensor) -> None:
+def _decode_into(decode, blocks: torch.Tensor, values: torch.Tensor, spare: torch.Tensor) -> None:
+    """Dequantize `blocks` into `values`; `spare` (at least as large) receives extra gathers."""
     gathers, factors = decode(blocks)
     (table_name, index), *more = gathers
     _gather(_table(table_name, values.device, values.dtype), index, values)
     for table_name, index in more:
-        rows = torch.empty_like(values)
+        rows = spare[: values.shape[0]]
         _gather(_table(table_name, values.device, values.dtype), index, rows)
         values.mul_(rows)
     if values.dtype == torch.float32 and len(factors) > 1:
@@ -370,10 +373,10 @@ def _decode_into(decode, blocks: torch.Tensor, values: torch.Tensor) -> None:
 
 # Kernels run over slices of this many weights. A full-size temporary would be fresh pages, page
 # faulted on every call (as costly as the arithmetic) and out of cache by the next op; slices keep
-# temporaries small, reused by the allocator and mostly cached. Slices are not smaller because
-# each op on one ends in a thread barrier, and on a busy CPU every barrier may wait for a
-# descheduled thread.
-CPU_CHUNK_WEIGHTS = 1 << 21
+# temporaries smaller and reused by the allocator. Slices are not smaller still because each op
+# on one ends in a thread barrier: on a busy CPU every barrier may wait for a descheduled thread
+# (measured with 2 threads on a loaded 2-core machine: 2M-weight slices took 2.5x as long as 8M).
+CPU_CHUNK_WEIGHTS = 1 << 23
 ACCELERATOR_CHUNK_WEIGHTS = 1 << 24
 
 
@@ -389,11 +392,14 @@ def _kernel(ggml_type, decode, float16_direct: bool):
         direct = dtype == torch.float32 or (dtype == torch.float16 and float16_direct)
         chunk = CPU_CHUNK_WEIGHTS if device.type == "cpu" else ACCELERATOR_CHUNK_WEIGHTS
         rows = max(1, chunk // block_size)
-        scratch = None if direct else torch.empty((min(rows, n), block_size), dtype=torch.float32, device=device)
+        slice_shape = (min(rows, n), block_size)
+        scratch = None if direct else torch.empty(slice_shape, dtype=torch.float32, device=device)
+        # for the types with a separate sign gather; untouched (so never paged in) by the others
+        spare = torch.empty(slice_shape, dtype=dtype if direct else torch.float32, device=device)
         for start in range(0, n, rows):
             target = out[start:start + rows]
             values = target if scratch is None else scratch[: target.shape[0]]
-            _decode_into(decode, blocks[start:start + rows], values)
+            _decode_into(decode, blocks[start:start + rows], values, spare)
             if scratch is not None:
                 target.copy_(values)
         return out
