@@ -58,6 +58,13 @@ def test_random_blocks_match_gguf_bit_for_bit(ggml_type, seed):
 
 
 @pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
+def test_a_single_block_and_no_blocks(ggml_type):
+    assert_matches_reference(ggml_type, iquants.RANDOM_BLOCKS[ggml_type](1, np.random.default_rng(7)))
+    empty = iquants.KERNELS[ggml_type](torch.empty((0, GGML_QUANT_SIZES[ggml_type][1]), dtype=torch.uint8), torch.float16)
+    assert empty.shape == (0, GGML_QUANT_SIZES[ggml_type][0]) and empty.dtype == torch.float16
+
+
+@pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
 @pytest.mark.parametrize("payload_byte", [0x00, 0xFF, 0x5A])
 @pytest.mark.parametrize("scale", [0.0, -0.0, LARGEST_FP16, -LARGEST_FP16, 2.0**-24])
 def test_edge_case_blocks_match_gguf(ggml_type, payload_byte, scale):
