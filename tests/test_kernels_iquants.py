@@ -41,13 +41,19 @@ def with_scale(ggml_type, payload_byte: int, n_blocks: int, scale: float) -> np.
     return blocks
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit patterns: stricter than torch.equal, which takes -0.0 for 0.0."""
+    word = torch.int32 if a.element_size() == 4 else torch.int16
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(word), b.view(word))
+
+
 def assert_matches_reference(ggml_type, raw: np.ndarray):
     expected = reference(raw, ggml_type)
     got = kernel(ggml_type, raw)
-    assert got.dtype == torch.float32 and got.shape == expected.shape
     assert torch.equal(got, expected)
+    assert same_bits(got, expected)
     for dtype in (torch.float16, torch.bfloat16):
-        assert torch.equal(kernel(ggml_type, raw, dtype), expected.to(dtype)), dtype
+        assert same_bits(kernel(ggml_type, raw, dtype), expected.to(dtype)), dtype
 
 
 @pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
