@@ -66,8 +66,9 @@ def test_random_blocks_match_gguf_bit_for_bit(ggml_type, seed):
 @pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
 def test_a_single_block_and_no_blocks(ggml_type):
     assert_matches_reference(ggml_type, iquants.RANDOM_BLOCKS[ggml_type](1, np.random.default_rng(7)))
-    empty = iquants.KERNELS[ggml_type](torch.empty((0, GGML_QUANT_SIZES[ggml_type][1]), dtype=torch.uint8), torch.float16)
-    assert empty.shape == (0, GGML_QUANT_SIZES[ggml_type][0]) and empty.dtype == torch.float16
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    empty = iquants.KERNELS[ggml_type](torch.empty((0, type_size), dtype=torch.uint8), torch.float16)
+    assert empty.shape == (0, block_size) and empty.dtype == torch.float16
 
 
 @pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)

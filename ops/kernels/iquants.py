@@ -189,7 +189,8 @@ def _gather(table: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> None
 def _parts(table_name: str, fields: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Look up index parts for integer `fields` (..., k): (..., k * table width) of `dtype`."""
     table = _table(table_name, fields.device, dtype)
-    out = torch.empty((*fields.shape[:-1], fields.shape[-1] * table.shape[1]), dtype=dtype, device=fields.device)
+    shape = (*fields.shape[:-1], fields.shape[-1] * table.shape[1])
+    out = torch.empty(shape, dtype=dtype, device=fields.device)
     _gather(table, fields, out)
     return out
 
@@ -327,7 +328,8 @@ def _iq4_codes(data: torch.Tensor) -> torch.Tensor:
     high &= 0x0F0F0F0F
     if _cpu_word_views(words.device):
         # one 16-byte element per half: torch's CPU stack copies 4-word pieces 6x slower
-        codes = torch.stack((low.view(torch.complex128), high.view(torch.complex128)), dim=1).view(torch.int32)
+        halves = (low.view(torch.complex128), high.view(torch.complex128))
+        codes = torch.stack(halves, dim=1).view(torch.int32)
     else:
         codes = torch.stack((low, high), dim=1)
     codes |= codes >> 4  # bytes 0 and 2 now hold two codes each
@@ -375,7 +377,7 @@ def _decode_into(decode, blocks: torch.Tensor, values: torch.Tensor, spare: torc
 # faulted on every call (as costly as the arithmetic) and out of cache by the next op; slices keep
 # temporaries smaller and reused by the allocator. Slices are not smaller still because each op
 # on one ends in a thread barrier: on a busy CPU every barrier may wait for a descheduled thread
-# (measured with 2 threads on a loaded 2-core machine: 2M-weight slices took 2.5x as long as 8M).
+# (with 2 threads on a busy 2-core machine, 2M-weight slices took about twice as long as 8M).
 CPU_CHUNK_WEIGHTS = 1 << 23
 ACCELERATOR_CHUNK_WEIGHTS = 1 << 24
 
