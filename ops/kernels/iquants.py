@@ -65,9 +65,9 @@ def _scaled_grid_values(quant_class) -> np.ndarray:
 
 
 def _half_signed_grid_values(grid: np.ndarray) -> np.ndarray:
-    # rows of 4: (grid index << 4 | 4 sign bits)
+    # rows of 4: (4 sign bits << grid index bits | grid index)
     signs = _sign_patterns(np.arange(16), 4)
-    return (grid[:, None, :] * signs[None, :, :]).reshape(-1, 4)
+    return (signs[:, None, :] * grid[None, :, :]).reshape(-1, 4)
 
 
 def _iq1_values() -> np.ndarray:
@@ -124,10 +124,11 @@ def _bit_field_parts(bits: int, shift: int) -> np.ndarray:
 
 
 def _ksign_nibble_pairs() -> np.ndarray:
-    # 14 bits -> two 7-bit sign indices -> the low and high 4 of each one's 8 signs (IQ3_XXS rows)
+    # 14 bits -> two 7-bit sign indices -> the low and high 4 of each one's 8 signs, at bit 8
+    # (IQ3_XXS rows)
     index = np.arange(1 << 14)
     first, second = _ksigns()[index & 127], _ksigns()[index >> 7]
-    return np.stack([first & 15, first >> 4, second & 15, second >> 4], axis=-1)
+    return np.stack([first & 15, first >> 4, second & 15, second >> 4], axis=-1) << 8
 
 
 _TABLES = {
@@ -150,7 +151,8 @@ _TABLES = {
     "iq2_xs_scales": lambda: _scale_pair_parts(9),
     "iq2_s_scales": lambda: _scale_pair_parts(10),
     "iq2_s_qh": lambda: _bit_field_parts(2, 8),
-    "iq3_s_qh": lambda: _bit_field_parts(1, 12),
+    "iq3_s_qh": lambda: _bit_field_parts(1, 8),
+    "nibbles_at_9": lambda: _bit_field_parts(4, 9),
     "nibbles": lambda: _bit_field_parts(4, 0),
     "iq4_xs_high_scales": lambda: _bit_field_parts(2, 4),
     "ksign_nibble_pairs": _ksign_nibble_pairs,
@@ -281,17 +283,14 @@ def _iq3_xxs(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
     aux = _words(blocks, 66, 98, torch.int32)  # per 32 weights: 4 x 7-bit sign index, 4-bit scale
     index = blocks[:, 2:66].to(torch.int16)
-    index <<= 4
     index |= _parts("ksign_nibble_pairs", _fourteen_bit_halves(aux), torch.int16).view(n, 64)
     return [("iq3_xxs", index)], [_odd((aux >> 28) & 15), _fp16_field(blocks, 0)]
 
 
 def _iq3_s(blocks: torch.Tensor) -> Decoded:
-    index = _parts("iq3_s_qh", blocks[:, 66:74], torch.int16)  # the high grid bit of each 4 weights
-    grid = blocks[:, 2:66].to(torch.int16)
-    grid <<= 4
-    index |= grid
-    index |= _parts("nibbles", blocks[:, 74:106], torch.int16)  # 4 signs per row
+    index = blocks[:, 2:66].to(torch.int16)
+    index |= _parts("iq3_s_qh", blocks[:, 66:74], torch.int16)  # the 9th grid bit of each row
+    index |= _parts("nibbles_at_9", blocks[:, 74:106], torch.int16)  # 4 signs per row
     scales = _parts("nibbles", blocks[:, 106:110], torch.int16)
     return [("iq3_s", index)], [_odd(scales), _fp16_field(blocks, 0)]
 
