@@ -96,4 +96,8 @@ def run_bench(args) -> int:
         from .bench_open import run_open_bench
 
         run_open_bench(args.cache_dir)
+    if args.e2e:
+        from .bench_e2e import run_e2e_bench
+
+        return run_e2e_bench(args)
     return 0

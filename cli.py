@@ -15,6 +15,11 @@ def main(argv=None) -> int:
     bench.add_argument("--repeat", type=int, default=7)
     bench.add_argument("--skip-open", action="store_true", help="skip the Qwen3-4B-shaped open benchmark")
     bench.add_argument("--cache-dir", default=None, help="where to keep the generated benchmark GGUF")
+    bench.add_argument("--e2e", action="store_true",
+                       help="also run the end-to-end benchmark in a real ComfyUI (needs COMFYUI_PATH)")
+    from .bench_e2e import add_e2e_arguments
+
+    add_e2e_arguments(bench)
 
     from .inspect_cli import add_inspect_parser
     from .queue_cli import add_queue_parser
