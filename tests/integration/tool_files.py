@@ -153,9 +153,12 @@ def _tool_version_of(tool: tuple[str, str]) -> str:
         raise ToolUnavailable(
             f"{TOOLS_PYTHON_ENV} is not set: the tool-made-file tests need a Python with {distribution} "
             f"installed (e.g. {TOOLS_PYTHON_ENV}=/tmp/tools-venv/bin/python)")
-    probe = subprocess.run([python, "-c", f"import {module}, importlib.metadata as m; "
-                                          f"print(m.version({distribution!r}))"],
-                           capture_output=True, text=True, env=_tool_env())
+    try:
+        probe = subprocess.run([python, "-c", f"import {module}, importlib.metadata as m; "
+                                              f"print(m.version({distribution!r}))"],
+                               capture_output=True, text=True, env=_tool_env())
+    except OSError as error:
+        raise ToolUnavailable(f"{TOOLS_PYTHON_ENV}={python} cannot be run: {error}") from None
     if probe.returncode != 0:
         raise ToolUnavailable(f"{TOOLS_PYTHON_ENV}={python} cannot import {module} ({distribution}): "
                               f"{probe.stderr.strip()[-500:]}")
@@ -176,15 +179,14 @@ def _tool_env() -> dict:
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
 
 
-def run_tool(tool: tuple[str, str], command: str, argument) -> str:
-    """Run this file's `command` in the tools Python; return its output (stdout then stderr)."""
+def run_tool(tool: tuple[str, str], command: str, argument) -> None:
+    """Run this file's `command` in the tools Python; ToolFailed with the end of its log if it fails."""
     _tool_version_of(tool)
     result = subprocess.run([os.environ[TOOLS_PYTHON_ENV], __file__, command, json.dumps(argument)],
                             capture_output=True, text=True, env=_tool_env())
-    log = result.stdout + result.stderr
     if result.returncode != 0:
+        log = result.stdout + result.stderr
         raise ToolFailed(f"{tool[1]} {command} exited with {result.returncode}:\n...{log[-LOG_TAIL_CHARS:]}")
-    return log
 
 
 @functools.cache
@@ -206,7 +208,7 @@ def _digest(value) -> str:
 
 def _source_digest(module_name: str) -> str:
     path = Path(__file__).resolve().parents[1] / f"{module_name}.py"
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:DIGEST_CHARS]
 
 
 def _cached(stem: str, key: dict, make) -> Path:
