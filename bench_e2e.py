@@ -12,7 +12,9 @@ Model files come from the test factories (a source checkout is needed), generate
 their cache.
 
 Targets (issue): a GGUF sampling step <= 1.3x the native bf16 step; GGUF encode <= 1.3x native.
-Run: COMFYUI_PATH=/tmp/ComfyUI /tmp/comfy-venv/bin/python -m comfyui_zimage_gguf.bench_e2e
+Run: COMFYUI_PATH=/tmp/ComfyUI /tmp/comfy-venv/bin/python -m comfyui_zimage_gguf.bench_e2e [--e2e-threads 1]
+With MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 in the environment, glibc
+reuses freed weight buffers instead of returning them to the OS (see the table's malloc line).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ RESULT_MARK = "E2E_RESULT "
 CAPTION_TOKENS = 32
 PROMPT = ("a photograph of a red fox sitting in fresh snow at dawn, soft golden light, shallow depth of field, "
           "pine trees in the background, highly detailed fur, 85mm lens")
+MALLOC_TUNING = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "LD_PRELOAD")
 DIFFUSION_VARIANTS = (("native bf16", "native", None), ("GGUF Q8_0", "gguf", "Q8_0"), ("GGUF Q4_0", "gguf", "Q4_0"))
 ENCODER_VARIANTS = (("native bf16", "native", None), ("GGUF Q8_0", "gguf", "Q8_0"), ("GGUF Q4_0", "gguf", "Q4_0"))
 
@@ -56,7 +59,8 @@ def add_e2e_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--e2e-repeat", type=int, default=2, help="timed sampling runs / encodes per variant")
     parser.add_argument("--e2e-no-profile", action="store_true", help="skip the profiled step (dequant share)")
     parser.add_argument("--e2e-threads", type=int, default=None,
-                        help="torch threads per worker (default: torch's choice); 1 gives steadier CPU times on a busy machine")
+                        help="torch threads per worker (default: torch's choice); "
+                             "1 gives steadier CPU times on a busy machine")
 
 
 # --- worker side (one variant per process) ---------------------------------------------------------
@@ -214,7 +218,8 @@ def _run_variant(spec: dict, env: dict) -> dict:
         if line.startswith(RESULT_MARK):
             return json.loads(line[len(RESULT_MARK):])
     tail = "\n".join((process.stdout + process.stderr).splitlines()[-30:])
-    raise RuntimeError(f"benchmark worker for {spec['kind']} '{spec['name']}' failed (exit {process.returncode}):\n{tail}")
+    raise RuntimeError(
+        f"benchmark worker for {spec['kind']} '{spec['name']}' failed (exit {process.returncode}):\n{tail}")
 
 
 def _table(title: str, rows: list[tuple[str, dict]], time_key: str) -> list[dict]:
@@ -267,7 +272,10 @@ def run_e2e_bench(args) -> int:
         encoders.append((name, _run_variant(spec, env)))
 
     first = diffusion[0][1]
-    print(f"\nCPU, {first['threads']} torch threads; ComfyUI computes in {first['dtype']} here; "
+    # glibc hands large freed blocks back to the OS, so every per-layer float weight is page-faulted
+    # in anew unless these are set; it changes the GGUF/native ratio a lot on the CPU
+    malloc = ", ".join(f"{k}={os.environ[k]}" for k in MALLOC_TUNING if k in os.environ) or "glibc defaults"
+    print(f"\nCPU, {first['threads']} torch threads, malloc: {malloc}; ComfyUI computes in {first['dtype']} here; "
           f"target: GGUF <= {TARGET_RATIO}x native, ratios taken in this run")
     _table(f"Z-Image sampling step (1 layer, width 3840, {size}x{size}, {steps} steps x {repeat} runs, "
            f"{CAPTION_TOKENS} caption tokens): median per step", diffusion, "step_s")
@@ -278,7 +286,8 @@ def run_e2e_bench(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m comfyui_zimage_gguf.bench_e2e", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m comfyui_zimage_gguf.bench_e2e",
+                                     description=__doc__.split("\n\n")[0].replace("\n", " "))
     add_e2e_arguments(parser)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
