@@ -118,11 +118,12 @@ def dequantize_blocks(blocks: torch.Tensor, dtype: torch.dtype, fmt: BlockFormat
             if staged:
                 out_chunks[i].copy_(values)
 
-    threads = min(torch.get_num_threads(), len(block_chunks)) if on_cpu else 1
-    if threads == 1:
+    caller_threads = torch.get_num_threads()
+    threads = min(caller_threads, len(block_chunks)) if on_cpu else 1
+    if not on_cpu or caller_threads == 1:
         work()
         return out
-    caller_threads = torch.get_num_threads()
+    # Even a single chunk runs single-threaded: intra-op barriers cost more than they save here.
     torch.set_num_threads(1)
     try:
         modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
