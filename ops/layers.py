@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .kernels.output import reused_output
 from .tensor import QuantizedTensor
 
 
@@ -85,7 +86,8 @@ class DequantLayerMixin:
         if not compute_dtype.is_floating_point:
             compute_dtype = self._float_dtype()
         patch_dtype = self.layer_options.dequant_dtype or compute_dtype
-        weight = materialize(self.weight, patch_dtype, input.device)
+        with reused_output():  # the weight lives for this one call only
+            weight = materialize(self.weight, patch_dtype, input.device)
         for fn in self.weight_function:
             weight = fn(weight)
         bias = materialize(getattr(self, "bias", None), patch_dtype, input.device)

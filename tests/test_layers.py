@@ -116,3 +116,26 @@ def test_plain_bias_beside_a_quantized_weight_is_loaded():
     load(layer, weight=w, bias=bias)
     x = torch.randn(2, 32)
     assert torch.equal(layer(x), F.linear(x, w.dequantize(torch.float32), bias))
+
+
+def test_weights_dequantized_for_consecutive_layers_do_not_clobber_results():
+    # Layers reuse one CPU output buffer for the dequantized weight; results must stay correct.
+    first, second = quantized((64, 32), T.Q4_0, seed=5), quantized((32, 64), T.Q8_0, seed=6)
+    a = load(ops.Linear(32, 64, bias=False), weight=first)
+    b = load(ops.Linear(64, 32, bias=False), weight=second)
+    x = torch.randn(3, 32)
+    hidden = a(x)
+    out = b(hidden)
+    assert torch.equal(hidden, F.linear(x, first.dequantize(torch.float32)))
+    assert torch.equal(out, F.linear(hidden, second.dequantize(torch.float32)))
+    again = a(x)
+    assert torch.equal(again, hidden)
+
+
+def test_public_dequantize_never_hands_out_the_reused_buffer():
+    w = quantized((16, 32), T.Q8_0)
+    layer = load(ops.Linear(32, 16, bias=False), weight=w)
+    kept = w.dequantize(torch.float32)
+    snapshot = kept.clone()
+    layer(torch.randn(2, 32))
+    assert torch.equal(kept, snapshot)

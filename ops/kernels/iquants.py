@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gguf_quants
+from .output import new_output
 
 # --- value tables, built once from gguf-py's codebooks --------------------------------------------
 
@@ -389,7 +390,7 @@ def _kernel(ggml_type, decode, float16_direct: bool):
     def dequantize(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         n = blocks.shape[0]
         device = blocks.device
-        out = torch.empty((n, block_size), dtype=dtype, device=device)
+        out = new_output((n, block_size), dtype, device)
         direct = dtype == torch.float32 or (dtype == torch.float16 and float16_direct)
         chunk = CPU_CHUNK_WEIGHTS if device.type == "cpu" else ACCELERATOR_CHUNK_WEIGHTS
         rows = max(1, chunk // block_size)

@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+from .output import new_output
 
 # (m, type_size) uint8 blocks -> float32 scale and min (or None), (m, n_sub) each: one value
 # per equal run of block_size / n_sub elements.
@@ -90,7 +91,7 @@ def dequantize_blocks(blocks: torch.Tensor, dtype: torch.dtype, fmt: BlockFormat
     n_blocks = blocks.shape[0]
     block_size = fmt.block_size
     device = blocks.device
-    out = torch.empty((n_blocks, block_size), dtype=dtype, device=device)
+    out = new_output((n_blocks, block_size), dtype, device)
     if n_blocks == 0:
         return out
     on_cpu = device.type == "cpu"
