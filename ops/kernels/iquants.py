@@ -376,10 +376,11 @@ def _decode_into(decode, blocks: torch.Tensor, values: torch.Tensor, spare: torc
 # Kernels run over slices of this many weights. A full-size temporary would be fresh pages, page
 # faulted on every call, and out of cache by the next op; each op on a slice, though, ends in a
 # thread barrier, and on a busy CPU every barrier may wait for a descheduled thread. Measured on a
-# 2-core machine (10240x3840 weight): 8M weights used the least CPU time (2M: up to 1.2x, 16M: up
-# to 1.4x, unsliced: up to 2x, from page faults); under heavy load from other processes, fewer
-# slices are faster (unsliced took ~0.6x the time of 8M slices).
-CPU_CHUNK_WEIGHTS = 1 << 23
+# 2-core machine (10240x3840 weight, output in a reused buffer as layers do): 2M weights is
+# fastest (4M: up to 1.2x, 8M: up to 1.6x the time, from temporaries page-faulted again on every
+# call); with a fresh output all sizes from 1M to 8M are within noise. Under heavy load from
+# other processes, fewer slices win (unsliced took ~0.6x the time of 8M slices).
+CPU_CHUNK_WEIGHTS = 1 << 21
 ACCELERATOR_CHUNK_WEIGHTS = 1 << 24
 
 
