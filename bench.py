@@ -65,7 +65,8 @@ def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
         seconds, type_copy_s, numpy_s = _interleaved_medians([
             (lambda: dequantize(data, ggml_type, (rows, cols), torch.float16), repeat),
             (baseline_src.clone, repeat),
-            (lambda: gguf_quants.dequantize(raw, ggml_type), max(1, repeat // 3)),
+            # to the same float16 output (gguf-py returns float32; for F32 a zero-copy view)
+            (lambda: gguf_quants.dequantize(raw, ggml_type).astype(np.float16), max(1, repeat // 3)),
         ])
         row = {
             "type": name,
