@@ -7,6 +7,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, quants
 from comfyui_zimage_gguf.errors import UnsupportedQuantTypeError, ZImageGGUFError
 from comfyui_zimage_gguf.ops import QUANT_TYPES, dequantize
 from comfyui_zimage_gguf.ops.kernels import RANDOM_BLOCKS, fp4_ternary, kquants, legacy
+from comfyui_zimage_gguf.ops.kernels import blocks as kernel_blocks
 
 NON_IQUANT_TYPES = [*legacy.KERNELS, *kquants.KERNELS, *fp4_ternary.KERNELS]
 
@@ -46,7 +47,7 @@ def test_empty_tensor(ggml_type):
 def test_works_under_inference_mode_and_keeps_the_thread_setting(monkeypatch, dtype):
     # ComfyUI dequantizes under torch.inference_mode(); small chunks make the driver use its
     # helper threads, whose modes are their own.
-    monkeypatch.setattr(legacy, "CPU_CHUNK_ELEMENTS", 4 * 2 * 144)
+    monkeypatch.setattr(kernel_blocks, "CPU_CHUNK_ELEMENTS", 4 * 2 * 144)
     data = raw_weight(T.Q4_K, rows=8, blocks_per_row=4)
     expected = torch.from_numpy(np.array(quants.dequantize(data.numpy(), T.Q4_K), dtype=np.float32))
     previous = torch.get_num_threads()

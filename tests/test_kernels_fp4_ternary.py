@@ -9,6 +9,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, quants
 
 from comfyui_zimage_gguf.ops.kernels import fp4_ternary, legacy
+from comfyui_zimage_gguf.ops.kernels import blocks as kernel_blocks
 
 KERNELS = fp4_ternary.KERNELS
 RANDOM_BLOCKS = fp4_ternary.RANDOM_BLOCKS
@@ -95,7 +96,7 @@ def test_nvfp4_every_scale_code_and_nibble():
 @pytest.mark.parametrize("ggml_type", list(KERNELS), ids=lambda t: t.name)
 def test_many_chunks_with_a_partial_last_chunk(ggml_type, monkeypatch):
     # A budget of a few blocks: every kernel then runs several chunks, the last one partial.
-    monkeypatch.setattr(legacy, "CPU_CHUNK_ELEMENTS", 10 * GGML_QUANT_SIZES[ggml_type][1])
+    monkeypatch.setattr(kernel_blocks, "CPU_CHUNK_ELEMENTS", 10 * GGML_QUANT_SIZES[ggml_type][1])
     check_all_dtypes(RANDOM_BLOCKS[ggml_type](13, np.random.default_rng(4)), ggml_type)
 
 

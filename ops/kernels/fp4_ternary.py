@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
-from .legacy import BlockFormat, byte_index, crumb_planes, device_table, fp16_field, random_bytes, random_with_fp16_fields
+from .blocks import BlockFormat, byte_index, crumb_planes, device_table, fp16_field, random_bytes, random_with_fp16_fields
 
 QK_K = 256
 

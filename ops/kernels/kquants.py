@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
-from .legacy import BlockFormat, bit_planes, crumb_planes, device_table, fp16_field, nibble_planes, random_with_fp16_fields
+from .blocks import BlockFormat, bit_planes, crumb_planes, device_table, fp16_field, nibble_planes, random_with_fp16_fields
 
 QK_K = 256
 
