@@ -8,6 +8,9 @@ import pytest
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, quants
 
+import kernel_checks
+from kernel_checks import assert_identical, reference
+
 from comfyui_zimage_gguf.ops.kernels import fp4_ternary, legacy
 from comfyui_zimage_gguf.ops.kernels import blocks as kernel_blocks
 
@@ -17,26 +20,8 @@ QUANTIZABLE = [T.TQ1_0, T.TQ2_0, T.MXFP4]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def reference(raw: np.ndarray, ggml_type: T) -> torch.Tensor:
-    block_size = GGML_QUANT_SIZES[ggml_type][0]
-    with np.errstate(over="ignore", invalid="ignore"):  # MXFP4's largest scales overflow to inf, as in ggml
-        values = np.array(quants.dequantize(raw, ggml_type), dtype=np.float32)
-    return torch.from_numpy(values).reshape(-1, block_size)
-
-
-def assert_identical(got: torch.Tensor, expected: torch.Tensor) -> None:
-    assert got.dtype == expected.dtype and got.shape == expected.shape
-    nan = torch.isnan(expected)
-    assert torch.equal(torch.isnan(got), nan)
-    mismatch = (got != expected) & ~nan
-    assert not mismatch.any(), f"{int(mismatch.sum())} values differ, first at {mismatch.nonzero()[0].tolist()}"
-
-
 def check_all_dtypes(raw: np.ndarray, ggml_type: T) -> None:
-    expected = reference(raw, ggml_type)
-    blocks = torch.from_numpy(raw).reshape(-1, GGML_QUANT_SIZES[ggml_type][1])
-    for dtype in DTYPES:
-        assert_identical(KERNELS[ggml_type](blocks, dtype), expected.to(dtype))
+    kernel_checks.check_all_dtypes(raw, ggml_type, KERNELS[ggml_type], DTYPES)
 
 
 def every_byte_value(n_blocks: int, type_size: int) -> np.ndarray:

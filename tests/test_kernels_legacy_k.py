@@ -8,6 +8,9 @@ import pytest
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, quants
 
+import kernel_checks
+from kernel_checks import assert_identical, reference
+
 from comfyui_zimage_gguf.ops.kernels import kquants, legacy
 from comfyui_zimage_gguf.ops.kernels import blocks as kernel_blocks
 
@@ -23,27 +26,8 @@ FP16_FIELDS = {
 }
 
 
-def reference(raw: np.ndarray, ggml_type: T) -> torch.Tensor:
-    """gguf-py's float32 dequantization of uint8 blocks, as (n_blocks, block_size)."""
-    block_size = GGML_QUANT_SIZES[ggml_type][0]
-    with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN scales and bit patterns
-        values = np.array(quants.dequantize(raw, ggml_type), dtype=np.float32)
-    return torch.from_numpy(values).reshape(-1, block_size)
-
-
-def assert_identical(got: torch.Tensor, expected: torch.Tensor) -> None:
-    assert got.dtype == expected.dtype and got.shape == expected.shape
-    nan = torch.isnan(expected)
-    assert torch.equal(torch.isnan(got), nan)
-    mismatch = (got != expected) & ~nan
-    assert not mismatch.any(), f"{int(mismatch.sum())} values differ, first at {mismatch.nonzero()[0].tolist()}"
-
-
 def check_all_dtypes(raw: np.ndarray, ggml_type: T) -> None:
-    expected = reference(raw, ggml_type)
-    blocks = torch.from_numpy(raw).reshape(-1, GGML_QUANT_SIZES[ggml_type][1])
-    for dtype in DTYPES:
-        assert_identical(KERNELS[ggml_type](blocks, dtype), expected.to(dtype))
+    kernel_checks.check_all_dtypes(raw, ggml_type, KERNELS[ggml_type], DTYPES)
 
 
 def quantized_bytes(ggml_type: T, shape, seed: int = 0) -> np.ndarray:
