@@ -58,7 +58,7 @@ def build_state_dict(gguf_file, compute_dtype: torch.dtype, *, names: dict[str, 
         stats.type_counts[info.ggml_type.name] += 1
         stats.file_bytes += info.n_bytes
         if math.prod(shape) < SMALL_TENSOR_ELEMENTS:
-            state_dict[key] = dequantize(raw, info.ggml_type, shape, torch.float32).clone()
+            state_dict[key] = dequantize(raw, info.ggml_type, shape, torch.float32)
         else:
             state_dict[key] = QuantizedTensor(raw, info.ggml_type, shape, compute_dtype)
         done += info.n_bytes

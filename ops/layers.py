@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .dequant import dequantize
 from .kernels.output import reused_output
 from .tensor import QuantizedTensor
 
@@ -41,12 +42,7 @@ def materialize(tensor, dtype: torch.dtype, device) -> torch.Tensor | None:
     if tensor is None:
         return None
     if isinstance(tensor, QuantizedTensor):
-        raw = tensor.raw
-        if device is not None and raw.device != torch.device(device):
-            raw = raw.to(device, non_blocking=True)
-        from .dequant import dequantize
-
-        return dequantize(raw, tensor.ggml_type, tensor.shape, dtype)
+        return tensor.dequantize(dtype, device)
     return tensor.to(device=device, dtype=dtype)
 
 
@@ -133,8 +129,6 @@ def _embedding_rows(weight: QuantizedTensor, ids: torch.Tensor, dtype: torch.dty
     n_rows, row_len = weight.shape
     rows = weight.raw.view(n_rows, -1).index_select(0, ids.reshape(-1).to(weight.raw.device))
     rows = rows.to(ids.device, non_blocking=True)
-    from .dequant import dequantize
-
     return dequantize(rows, weight.ggml_type, (rows.shape[0], row_len), dtype).reshape(*ids.shape, row_len)
 
 

@@ -17,7 +17,8 @@ import math
 import torch
 from gguf import GGMLQuantizationType
 
-from .quant_types import FLOAT_TYPES, quant_type
+from .dequant import dequantize
+from .quant_types import quant_type
 
 aten = torch.ops.aten
 _NBYTES_DESCRIPTOR = torch.Tensor.nbytes
@@ -51,15 +52,15 @@ class QuantizedTensor(torch.Tensor):
             f"device={self.device}, {self.raw.numel()} bytes)"
         )
 
-    @property
-    def is_float_type(self) -> bool:
-        return self.ggml_type in FLOAT_TYPES
+    def dequantize(self, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+        """Plain tensor of the logical shape in `dtype` (default: the reported compute dtype).
 
-    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Plain tensor of the logical shape in `dtype` (default: the reported compute dtype)."""
-        from .dequant import dequantize
-
-        return dequantize(self.raw, self.ggml_type, self.shape, dtype or self.dtype)
+        With `device`, the raw bytes move there first and are dequantized there.
+        """
+        raw = self.raw
+        if device is not None and raw.device != torch.device(device):
+            raw = raw.to(device, non_blocking=True)
+        return dequantize(raw, self.ggml_type, self.shape, dtype or self.dtype)
 
     def _rewrap(self, raw: torch.Tensor, *, shape=None, dtype: torch.dtype | None = None) -> "QuantizedTensor":
         return QuantizedTensor(raw, self.ggml_type, self.shape if shape is None else shape, dtype or self.dtype)
