@@ -13,6 +13,8 @@ which is what ComfyUI's memory planner should budget for.
 from __future__ import annotations
 
 import math
+import os
+from contextlib import contextmanager
 
 import torch
 from gguf import GGMLQuantizationType
@@ -86,16 +88,59 @@ class QuantizedTensor(torch.Tensor):
             result = handler(*args, **kwargs)
             if result is not NotImplemented:
                 return result
-        return func(*_dequantize_all(args), **_dequantize_all(kwargs))
+        return func(*_dequantize_all(args, func), **_dequantize_all(kwargs, func))
 
 
-def _dequantize_all(value):
+class FallbackDequantization(RuntimeError):
+    """A whole quantized weight was dequantized by an operation the tensor does not handle."""
+
+
+class FallbackCounter:
+    """Counts (and in strict mode refuses) whole-weight dequantizations outside the layers.
+
+    Layers dequantize through `QuantizedTensor.dequantize()` and are not counted. Anything else
+    that reaches the dispatch fallback costs a full float copy of the weight: a path that should
+    have kept it quantized (a `.to()` overload under inference mode was one). Tests run strict
+    (tests/conftest.py), so a torch or ComfyUI change that brings such a path back fails CI.
+    Set ZIMAGE_GGUF_STRICT=1 to make a running ComfyUI raise on one too.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.ops: dict[str, int] = {}
+        self.strict = os.environ.get("ZIMAGE_GGUF_STRICT", "") not in ("", "0")
+
+    def record(self, func, tensor: "QuantizedTensor"):
+        name = str(func)
+        if self.strict:
+            raise FallbackDequantization(
+                f"{name} dequantized a whole {tensor.ggml_type.name} weight of shape {list(tensor.shape)} "
+                "outside a layer's forward (strict mode); handle the op in ops/tensor.py"
+            )
+        self.count += 1
+        self.ops[name] = self.ops.get(name, 0) + 1
+
+    @contextmanager
+    def allowed(self):
+        """Within this block fallbacks are counted, never refused (tests of the fallback itself)."""
+        previous, self.strict = self.strict, False
+        try:
+            yield self
+        finally:
+            self.strict = previous
+
+
+FALLBACKS = FallbackCounter()
+
+
+def _dequantize_all(value, func):
     if isinstance(value, QuantizedTensor):
+        FALLBACKS.record(func, value)
         return value.dequantize()
     if isinstance(value, (list, tuple)):
-        return type(value)(_dequantize_all(v) for v in value)
+        return type(value)(_dequantize_all(v, func) for v in value)
     if isinstance(value, dict):
-        return {k: _dequantize_all(v) for k, v in value.items()}
+        return {k: _dequantize_all(v, func) for k, v in value.items()}
     return value
 
 
@@ -116,6 +161,35 @@ def _to_copy(self, dtype=None, layout=None, device=None, pin_memory=None, non_bl
     else:
         raw = raw.clone()
     return self._rewrap(raw, dtype=dtype)
+
+
+def _to(self, dtype=None, device=None, non_blocking=False, copy=False, pin_memory=None):
+    """Every `to` overload: a device change moves the raw bytes, a dtype change relabels the
+    compute dtype; with nothing to change (and no copy asked for) the tensor itself comes back."""
+    dtype = dtype or self.dtype
+    device = self.raw.device if device is None else torch.device(device)
+    if device.type == self.raw.device.type and device.index is None:
+        device = self.raw.device
+    if device == self.raw.device and dtype == self.dtype and not copy and not pin_memory:
+        return self
+    return _to_copy(self, dtype=dtype, device=device, non_blocking=non_blocking, pin_memory=pin_memory)
+
+
+def _to_dtype_layout(self, *, dtype=None, layout=None, device=None, pin_memory=None, non_blocking=False,
+                     copy=False, memory_format=None):
+    return _to(self, dtype, device, non_blocking, copy, pin_memory)
+
+
+def _to_device(self, device, dtype, non_blocking=False, copy=False, memory_format=None):
+    return _to(self, dtype, device, non_blocking, copy)
+
+
+def _to_dtype(self, dtype, non_blocking=False, copy=False, memory_format=None):
+    return _to(self, dtype, None, non_blocking, copy)
+
+
+def _to_other(self, other, non_blocking=False, copy=False, memory_format=None):
+    return _to(self, other.dtype, other.device, non_blocking, copy)
 
 
 def _copy_(self, src, non_blocking=False):
@@ -152,6 +226,11 @@ def _view(self, size):
     return NotImplemented
 
 
+def _has_compatible_shallow_copy_type(self, source):
+    """`param.data = new` (Module._apply) swaps in place only between two quantized tensors."""
+    return isinstance(self, QuantizedTensor) == isinstance(source, QuantizedTensor)
+
+
 def _is_pinned(self, device=None):
     return self.raw.is_pinned()
 
@@ -165,11 +244,17 @@ _HANDLERS = {
     aten.alias.default: _alias,
     aten.clone.default: _clone,
     aten._to_copy.default: _to_copy,
+    aten.to.dtype_layout: _to_dtype_layout,
+    aten.to.device: _to_device,
+    aten.to.dtype: _to_dtype,
+    aten.to.other: _to_other,
     aten.copy_.default: _copy_,
     aten.new_empty.default: _new_empty,
     aten.view.default: _view,
     aten._unsafe_view.default: _view,
     aten.reshape.default: _view,
     aten.is_pinned.default: _is_pinned,
+    aten._has_compatible_shallow_copy_type.default: _has_compatible_shallow_copy_type,
     aten._pin_memory.default: _pin_memory,
+    aten.pin_memory.default: _pin_memory,
 }
