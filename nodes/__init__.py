@@ -1,1 +1,1 @@
-"""File reading, architecture detection, key maps, compatibility checks and the ComfyUI node classes."""
+"""The ComfyUI face of the pack: node classes and their orchestration (families/ says what a file is)."""

@@ -13,11 +13,11 @@ from ..errors import IncompatibleModelError, ModelDetectionError
 from ..ops.comfy_ops import as_gguf_patcher, make_comfy_ops
 from ..ops.dtype_policy import dtype_for
 from ..ops.layers import LayerOptions
-from .architectures import detect_diffusion_model, expected_shape_fixes, normalize_diffusion_keys
-from .compat import check_encoder_matches_model
-from .gguf_reader import load_gguf
-from .model_loading import build_state_dict
-from .text_encoders import (
+from .families.diffusion import detect_diffusion_model, expected_shape_fixes, normalize_diffusion_keys
+from .families.pairing import check_encoder_matches_model
+from ..ops.reader import load_gguf
+from ..ops.state_dict import build_state_dict
+from .families.text_encoders import (
     comfy_config_kwargs, comfy_te_model, detect_text_encoder, encoder_config, hf_names, qk_permute_heads,
     unpermute_qk_rows,
 )
@@ -36,7 +36,7 @@ CLIP_TYPE_ENCODERS = {
     "qwen_image": ("Qwen2.5-VL-7B",),
     "flux2": ("Qwen3-4B", "Qwen3-8B", "Mistral-Small-3.2-24B"),
 }
-# detection families (architectures.py) -> compat.DIFFUSION_MODELS keys
+# detection families (families/diffusion.py) -> pairing.DIFFUSION_MODELS keys
 COMPAT_FAMILY = {"zimage": "z_image", "zimage_pixel": "z_image"}
 
 # Last encoder loaded through our node per output width, as (file name, family): only used to

@@ -2,10 +2,10 @@
 import subprocess
 import sys
 
-from factories import write_llama_cpp_encoder_gguf
-from zimage_factory import write_zimage_gguf
+from helpers.factories import write_llama_cpp_encoder_gguf
+from helpers.zimage_factory import write_zimage_gguf
 
-from comfyui_zimage_gguf.cli import main
+from comfyui_zimage_gguf.cli.main import main
 
 
 def test_inspect_text_encoder(tmp_path, capsys):

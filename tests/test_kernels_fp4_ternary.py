@@ -8,8 +8,8 @@ import pytest
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, quants
 
-import kernel_checks
-from kernel_checks import assert_identical, reference
+from helpers import kernel_checks
+from helpers.kernel_checks import assert_identical, reference
 
 from comfyui_zimage_gguf.ops.kernels import fp4_ternary, legacy
 from comfyui_zimage_gguf.ops.kernels import blocks as kernel_blocks

@@ -41,8 +41,8 @@ QWEN3_VOCAB = 151_936
 
 @functools.cache
 def tests_module(name: str):
-    """A helper module from tests/ (no package, not on sys.path), imported by path."""
-    path = TESTS_DIR / f"{name}.py"
+    """A helper module from tests/helpers/, imported by path (ComfyUI's Python has no tests/ on sys.path)."""
+    path = TESTS_DIR / "helpers" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"_zimage_inprocess_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built

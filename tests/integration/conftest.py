@@ -89,8 +89,8 @@ def pytest_collection_modifyitems(config, items):
 
 @functools.cache
 def load_tests_module(name: str):
-    """Import a helper module from tests/ by path (tests/ is no package and not on sys.path)."""
-    path = TESTS_DIR / f"{name}.py"
+    """Import a helper module from tests/helpers/ by path (ComfyUI's Python has no tests/ on sys.path)."""
+    path = TESTS_DIR / "helpers" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"_zimage_tests_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
@@ -219,7 +219,7 @@ def _qwen3_encoder(model_cache: Path, release: str) -> str:
     The cache key covers the factory's source, so a changed factory regenerates the file."""
     factories = load_tests_module("factories")
     params = dict(arch="qwen3", n_layers=QWEN3_TEST_LAYERS, head_dim=128, vocab=151936, **QWEN3_SHAPES[release])
-    key = json.dumps(params, sort_keys=True) + (TESTS_DIR / "factories.py").read_text()
+    key = json.dumps(params, sort_keys=True) + (TESTS_DIR / "helpers" / "factories.py").read_text()
     prefix = f"{release}-test-"
     name = f"{prefix}{QWEN3_TEST_LAYERS}layers-Q8_0-{hashlib.sha256(key.encode()).hexdigest()[:10]}.gguf"
     path = model_cache / "text_encoders" / name

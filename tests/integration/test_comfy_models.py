@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType as Q, GGUFReader, quants
 
 from comfyui_zimage_gguf.errors import IncompatibleModelError
-from comfyui_zimage_gguf.nodes.model_loading import SMALL_TENSOR_ELEMENTS
+from comfyui_zimage_gguf.ops.state_dict import SMALL_TENSOR_ELEMENTS
 from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
 
 

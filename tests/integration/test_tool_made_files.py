@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType as Q
 
 from comfyui_zimage_gguf import load_gguf
-from comfyui_zimage_gguf.nodes.model_loading import SMALL_TENSOR_ELEMENTS
+from comfyui_zimage_gguf.ops.state_dict import SMALL_TENSOR_ELEMENTS
 from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
 
 

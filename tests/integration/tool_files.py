@@ -2,9 +2,9 @@
 
 * llama.cpp's quantizer, through llama-cpp-python (`llama_cpp.llama_model_quantize`, what the
   `llama-quantize` command runs), quantizes llama.cpp-style Qwen3 text encoders written by
-  `tests/factories.py` in F16;
+  `tests/helpers/factories.py` in F16;
 * stable-diffusion.cpp's converter, through stable-diffusion-cpp-python (`convert`, what
-  `sd -M convert` runs), turns Z-Image safetensors written by `tests/zimage_factory.py` into GGUF;
+  `sd -M convert` runs), turns Z-Image safetensors written by `tests/helpers/zimage_factory.py` into GGUF;
 * ggml's own dequantizer (`ggml_get_type_traits(type)->to_float`, from the libggml that
   llama-cpp-python ships) gives reference values for any file.
 
@@ -207,7 +207,7 @@ def _digest(value) -> str:
 
 
 def _source_digest(module_name: str) -> str:
-    path = Path(__file__).resolve().parents[1] / f"{module_name}.py"
+    path = Path(__file__).resolve().parents[1] / "helpers" / f"{module_name}.py"
     return hashlib.sha256(path.read_bytes()).hexdigest()[:DIGEST_CHARS]
 
 

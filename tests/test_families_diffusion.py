@@ -1,4 +1,4 @@
-"""Diffusion-model detection, key normalisation and pad-token shape fixes (nodes/architectures.py),
+"""Diffusion-model detection, key normalisation and pad-token shape fixes (nodes/families/diffusion.py),
 and the test factory's Z-Image / VAE files read back through the pack's GGUF reader.
 
 Full-width Z-Image is tested through shape tables (a real 3840-wide file takes ~15-20 s to write
@@ -17,7 +17,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q, quants
 
 from comfyui_zimage_gguf import load_gguf
 from comfyui_zimage_gguf.errors import ModelDetectionError
-from comfyui_zimage_gguf.nodes.architectures import (
+from comfyui_zimage_gguf.nodes.families.diffusion import (
     DIFFUSION_SIGNATURES,
     detect_diffusion_model,
     expected_shape_fixes,
@@ -26,7 +26,7 @@ from comfyui_zimage_gguf.nodes.architectures import (
 from comfyui_zimage_gguf.ops import dequantize
 
 sys.path.insert(0, str(Path(__file__).parent))
-import zimage_factory as factory  # noqa: E402
+from helpers import zimage_factory as factory  # noqa: E402
 
 SDCPP = "model.diffusion_model."
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import IncompatibleModelError
+from ...errors import IncompatibleModelError
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,8 @@ def main(argv=None) -> int:
     bench.add_argument("--repeat", type=int, default=7)
     bench.add_argument("--skip-open", action="store_true", help="skip the Qwen3-4B-shaped open benchmark")
     bench.add_argument("--cache-dir", default=None, help="where to keep the generated benchmark GGUF")
-    bench.add_argument("--e2e", action="store_true",
-                       help="also run the end-to-end benchmark in a real ComfyUI (needs COMFYUI_PATH)")
-    from .bench_e2e import add_e2e_arguments
-
-    add_e2e_arguments(bench)
-
-    from .inspect_cli import add_inspect_parser
-    from .queue_cli import add_queue_parser
+    from .inspect import add_inspect_parser
+    from .queue import add_queue_parser
 
     add_inspect_parser(sub)
     add_queue_parser(sub)
@@ -33,11 +27,11 @@ def main(argv=None) -> int:
 
         return run_bench(args)
     if args.command == "inspect":
-        from .inspect_cli import run_inspect
+        from .inspect import run_inspect
 
         return run_inspect(args)
     if args.command == "queue":
-        from .queue_cli import run_queue
+        from .queue import run_queue
 
         return run_queue(args)
     return 2

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..errors import ModelDetectionError
+from ...errors import ModelDetectionError
 
 Shape = tuple[int, ...]
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, quants as gguf_quants
 
-from .ops import QUANT_TYPES, dequantize
-from .ops.kernels import RANDOM_BLOCKS
+from ..ops import QUANT_TYPES, dequantize
+from ..ops.kernels import RANDOM_BLOCKS
 
 
 def _seconds(fn) -> float:
@@ -97,8 +97,4 @@ def run_bench(args) -> int:
         from .bench_open import run_open_bench
 
         run_open_bench(args.cache_dir)
-    if args.e2e:
-        from .bench_e2e import run_e2e_bench
-
-        return run_e2e_bench(args)
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from comfyui_zimage_gguf.errors import IncompatibleModelError
-from comfyui_zimage_gguf.nodes.compat import (
+from comfyui_zimage_gguf.nodes.families.pairing import (
     DIFFUSION_MODELS, ENCODERS_BY_DISPLAY, KNOWN_ENCODERS, check_encoder_matches_model, describe_width,
 )
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType
 
-from .nodes.gguf_reader import load_gguf
+from ..ops.reader import load_gguf
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "comfyui_zimage_gguf" / "bench"
 # Bump the suffix whenever the generated content changes, so stale cached files are not reused.

@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 from collections import Counter
 
-from .errors import ModelDetectionError, ZImageGGUFError
-from .nodes.architectures import detect_diffusion_model
-from .nodes.compat import DIFFUSION_MODELS, KNOWN_ENCODERS, describe_width
-from .nodes.gguf_reader import load_gguf
-from .nodes.text_encoders import ENCODER_ARCHS, comfy_te_model, detect_text_encoder, encoder_config
+from ..errors import ModelDetectionError, ZImageGGUFError
+from ..nodes.families.diffusion import detect_diffusion_model
+from ..nodes.families.pairing import DIFFUSION_MODELS, KNOWN_ENCODERS, describe_width
+from ..ops.reader import load_gguf
+from ..nodes.families.text_encoders import ENCODER_ARCHS, comfy_te_model, detect_text_encoder, encoder_config
 
 DIFFUSION_LOADER = "Load Diffusion Model (GGUF, Z-Image pack)"
 TEXT_ENCODER_LOADER = "Load Text Encoder (GGUF, Z-Image pack)"

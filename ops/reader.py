@@ -237,7 +237,7 @@ class GGUFFile:
     def quantized_state_dict(self, dtype: torch.dtype = torch.float16) -> dict:
         """Every tensor as a `QuantizedTensor` (zero-copy; `dtype` is the float type it reports
         and dequantizes to by default), in file order."""
-        from ..ops.tensor import QuantizedTensor
+        from .tensor import QuantizedTensor
 
         return {name: QuantizedTensor(self.raw_tensor(name), info.ggml_type, info.shape, dtype)
                 for name, info in self.tensors.items()}

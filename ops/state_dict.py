@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..ops.dequant import dequantize
-from ..ops.tensor import QuantizedTensor
+from .dequant import dequantize
+from .tensor import QuantizedTensor
 
 SMALL_TENSOR_ELEMENTS = 1 << 16
 

@@ -1,5 +1,5 @@
 """llama.cpp text-model GGUFs -> ComfyUI names and config: name maps, config derivation and checks,
-q/k un-permutation for the llama arch, detection messages. Files are written by tests/factories.py."""
+q/k un-permutation for the llama arch, detection messages. Files are written by tests/helpers/factories.py."""
 from __future__ import annotations
 
 import ast
@@ -15,21 +15,14 @@ from gguf import GGMLQuantizationType as T
 
 from comfyui_zimage_gguf import load_gguf
 from comfyui_zimage_gguf.errors import IncompatibleModelError, ModelDetectionError
-from comfyui_zimage_gguf.nodes.text_encoders import (
+from comfyui_zimage_gguf.nodes.families.text_encoders import (
     BLOCK_NAMES, ENCODER_ARCHS, GLOBAL_NAMES, comfy_config_kwargs, comfy_te_model_name, detect_text_encoder,
     encoder_config, hf_name, hf_names, llama_cpp_name, qk_permute_heads, unpermute_qk_rows,
 )
 
 
-def _load_factories():
-    spec = importlib.util.spec_from_file_location("_zimage_tests_factories", Path(__file__).with_name("factories.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from helpers import factories
 
-
-factories = _load_factories()
 SMALL = dict(n_layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, ffn=128, vocab=1000)
 
 
@@ -260,7 +253,7 @@ def test_kwargs_are_fields_of_comfyuis_config_dataclasses():
         for node in ast.parse(source).body
         if isinstance(node, ast.ClassDef)
     }
-    from comfyui_zimage_gguf.nodes.text_encoders import comfy_te_model
+    from comfyui_zimage_gguf.nodes.families.text_encoders import comfy_te_model
 
     for model, (args, _) in REAL_MODELS.items():
         meta, shapes = _llm(*args)

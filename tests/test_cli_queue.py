@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_zimage_gguf.queue_cli import add_queue_parser, run_queue
+from comfyui_zimage_gguf.cli.queue import add_queue_parser, run_queue
 
 API_WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "z_image_turbo_gguf_api.json"
 UI_WORKFLOW = API_WORKFLOW.with_name("z_image_turbo_gguf.json")

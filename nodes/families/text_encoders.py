@@ -14,9 +14,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..errors import IncompatibleModelError, ModelDetectionError
-from .architectures import CITY96_ARCHITECTURES, find_diffusion_prefix
-from .compat import KNOWN_ENCODERS, KnownEncoder, encoders_of_width
+from ...errors import IncompatibleModelError, ModelDetectionError
+from .diffusion import CITY96_ARCHITECTURES, find_diffusion_prefix
+from .pairing import KNOWN_ENCODERS, KnownEncoder, encoders_of_width
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from .errors import ZImageGGUFError
+from ..errors import ZImageGGUFError
 
 SAMPLER_SEED_INPUT = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed"}
 LATENT_TYPES = ("EmptySD3LatentImage", "EmptyLatentImage")

@@ -1,0 +1,1 @@
+"""The command line: `python -m comfyui_zimage_gguf {inspect,queue,bench} ...` (no ComfyUI needed)."""

@@ -1,0 +1,1 @@
+"""Test helpers: GGUF/safetensors factories and kernel reference checks."""
