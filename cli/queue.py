@@ -6,7 +6,6 @@ never by node id, so it works on any export of the workflow.
 """
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import time
@@ -16,11 +15,10 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from ..api.comfy_messages import describe_execution_failure, describe_validation_failure
+from ..api.workflow_params import WorkflowError, apply_overrides, load_api_workflow
 from ..errors import ZImageGGUFError
 
-SAMPLER_SEED_INPUT = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed"}
-LATENT_TYPES = ("EmptySD3LatentImage", "EmptyLatentImage")
-PROMPT_ENCODER_TYPE = "CLIPTextEncode"
 REQUEST_TIMEOUT_S = 30.0
 
 
@@ -51,8 +49,14 @@ def run_queue(args) -> int:
     try:
         workflow = load_api_workflow(args.workflow)
         workflow = apply_overrides(
-            workflow, prompt=args.prompt, seed=args.seed, width=args.width, height=args.height, steps=args.steps
-        )
+            workflow,
+            prompt=args.prompt,
+            seed=args.seed,
+            width=args.width,
+            height=args.height,
+            steps=args.steps,
+            label="--{}",
+        ).workflow
         client = ComfyClient(args.server)
         check_node_types(client, workflow)
         prompt_id = submit(client, workflow)
@@ -60,80 +64,10 @@ def run_queue(args) -> int:
         outputs = wait_for_outputs(client, prompt_id, timeout_s=args.timeout, poll_interval_s=args.poll_interval)
         for path in save_images(client, outputs, args.out):
             print(f"saved {path}", flush=True)
-    except QueueCommandError as error:
+    except (QueueCommandError, WorkflowError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-def load_api_workflow(path) -> dict:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise QueueCommandError(f"{path}: no such file") from None
-    except OSError as error:
-        raise QueueCommandError(f"{path}: cannot read: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise QueueCommandError(f"{path}: not JSON (not UTF-8 text)") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise QueueCommandError(f"{path}: not JSON ({error.msg} at line {error.lineno})") from None
-    if isinstance(data, dict) and "nodes" in data and "links" in data:
-        raise QueueCommandError(
-            f"{path}: this is a UI-format workflow; use the *_api.json file or export with Save (API)"
-        )
-    if not isinstance(data, dict) or not data or not all(
-        isinstance(node, dict) and "class_type" in node and isinstance(node.get("inputs"), dict)
-        for node in data.values()
-    ):
-        raise QueueCommandError(
-            f"{path}: not an API-format workflow (expected an object of nodes with class_type and inputs)"
-        )
-    return data
-
-
-def _nodes_of_type(workflow: dict, class_types) -> list[tuple[str, dict]]:
-    return [(node_id, node) for node_id, node in workflow.items() if node["class_type"] in class_types]
-
-
-def _require(nodes: list, what: str, option: str) -> list:
-    if not nodes:
-        raise QueueCommandError(f"the workflow has no {what} to apply {option} to")
-    return nodes
-
-
-def _positive_prompt_encoders(workflow: dict) -> list[dict]:
-    encoders = []
-    for _, sampler in _nodes_of_type(workflow, SAMPLER_SEED_INPUT):
-        source = sampler["inputs"].get("positive")
-        if isinstance(source, list) and workflow.get(str(source[0]), {}).get("class_type") == PROMPT_ENCODER_TYPE:
-            encoders.append(workflow[str(source[0])])
-    return encoders
-
-
-def apply_overrides(workflow: dict, *, prompt=None, seed=None, width=None, height=None, steps=None) -> dict:
-    """Return a copy of the workflow with the given inputs replaced on every node of the matching type."""
-    workflow = copy.deepcopy(workflow)
-    samplers = _nodes_of_type(workflow, SAMPLER_SEED_INPUT)
-    if prompt is not None:
-        encoders = _require(
-            _positive_prompt_encoders(workflow), f"{PROMPT_ENCODER_TYPE} feeding a sampler's positive input", "--prompt"
-        )
-        for encoder in encoders:
-            encoder["inputs"]["text"] = prompt
-    if seed is not None:
-        for _, sampler in _require(samplers, "KSampler", "--seed"):
-            sampler["inputs"][SAMPLER_SEED_INPUT[sampler["class_type"]]] = seed
-    if steps is not None:
-        for _, sampler in _require(samplers, "KSampler", "--steps"):
-            sampler["inputs"]["steps"] = steps
-    for name, value in (("width", width), ("height", height)):
-        if value is not None:
-            for _, latent in _require(_nodes_of_type(workflow, LATENT_TYPES), " or ".join(LATENT_TYPES), f"--{name}"):
-                latent["inputs"][name] = value
-    return workflow
 
 
 class ComfyClient:
@@ -194,40 +128,12 @@ def check_node_types(client: ComfyClient, workflow: dict) -> None:
         )
 
 
-def _describe_validation_failure(body: dict) -> str:
-    error = body.get("error")
-    parts = []
-    if isinstance(error, dict):
-        parts.append(error.get("message", "") + (f": {error['details']}" if error.get("details") else ""))
-    elif error:
-        parts.append(str(error))
-    for node_id, node_error in (body.get("node_errors") or {}).items():
-        for item in node_error.get("errors", []):
-            detail = f" ({item['details']})" if item.get("details") else ""
-            parts.append(f"node {node_id} ({node_error.get('class_type', '?')}): {item.get('message', '')}{detail}")
-    return "; ".join(part for part in parts if part) or json.dumps(body)
-
-
 def submit(client: ComfyClient, workflow: dict) -> str:
     status, body = client.request_json("/prompt", {"prompt": workflow, "client_id": uuid.uuid4().hex})
     if status != 200 or not isinstance(body, dict) or "prompt_id" not in body:
-        detail = _describe_validation_failure(body) if isinstance(body, dict) else body
+        detail = describe_validation_failure(body) if isinstance(body, dict) else body
         raise QueueCommandError(f"ComfyUI rejected the workflow: {detail}")
     return body["prompt_id"]
-
-
-def _describe_execution_failure(entry: dict) -> str:
-    for event, data in (entry.get("status") or {}).get("messages", []):
-        if event == "execution_error":
-            # ComfyUI gives the full dotted name; a custom node's module part is a file-system path.
-            exception_type = str(data.get("exception_type") or "error").rsplit(".", 1)[-1]
-            return (
-                f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
-                f"{exception_type}: {str(data.get('exception_message', '')).strip()}"
-            )
-        if event == "execution_interrupted":
-            return f"interrupted at node {data.get('node_id')} ({data.get('node_type')})"
-    return "the server reported an error without details (see its log)"
 
 
 def _queue_state(client: ComfyClient, prompt_id: str) -> str:
@@ -250,7 +156,7 @@ def wait_for_outputs(client: ComfyClient, prompt_id: str, *, timeout_s: float, p
         elapsed = time.monotonic() - start
         if entry is not None:
             if (entry.get("status") or {}).get("status_str") == "error":
-                raise QueueCommandError(f"ComfyUI failed to run the workflow: {_describe_execution_failure(entry)}")
+                raise QueueCommandError(f"ComfyUI failed to run the workflow: {describe_execution_failure(entry)}")
             print(f"done in {elapsed:.1f}s", flush=True)
             return entry.get("outputs") or {}
         if elapsed > timeout_s:

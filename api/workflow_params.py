@@ -1,0 +1,148 @@
+"""API-format workflows and the parameters applied to them by node type, never by node id.
+
+Shared by the `queue` command and the image API, so both change the same inputs of any API export
+of a similar graph: the text of the CLIPTextEncode feeding the sampler's positive (or negative)
+input, the sampler's seed and steps, the empty latent's size and batch size.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ZImageGGUFError
+
+SAMPLER_SEED_INPUT = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed"}
+LATENT_TYPES = ("EmptySD3LatentImage", "EmptyLatentImage")
+PROMPT_ENCODER_TYPE = "CLIPTextEncode"
+
+
+class WorkflowError(ZImageGGUFError, ValueError):
+    """A workflow file cannot be used; the message is one line naming the file and the problem."""
+
+
+class MissingNodeError(WorkflowError):
+    """The workflow has no node to apply a requested parameter to."""
+
+    def __init__(self, what: str, parameter: str, label: str):
+        self.parameter = parameter
+        super().__init__(f"the workflow has no {what} to apply {label} to")
+
+
+def is_ui_format(data) -> bool:
+    return isinstance(data, dict) and "nodes" in data and "links" in data
+
+
+def is_api_format(data) -> bool:
+    return (
+        isinstance(data, dict)
+        and bool(data)
+        and all(
+            isinstance(node, dict) and "class_type" in node and isinstance(node.get("inputs"), dict)
+            for node in data.values()
+        )
+    )
+
+
+def load_api_workflow(path) -> dict:
+    """Read an API-format workflow; raise WorkflowError naming the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise WorkflowError(f"{path}: no such file") from None
+    except OSError as error:
+        raise WorkflowError(f"{path}: cannot read: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise WorkflowError(f"{path}: not JSON (not UTF-8 text)") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise WorkflowError(f"{path}: not JSON ({error.msg} at line {error.lineno})") from None
+    if is_ui_format(data):
+        raise WorkflowError(f"{path}: this is a UI-format workflow; use the *_api.json file or export with Save (API)")
+    if not is_api_format(data):
+        raise WorkflowError(
+            f"{path}: not an API-format workflow (expected an object of nodes with class_type and inputs)"
+        )
+    return data
+
+
+@dataclass
+class AppliedWorkflow:
+    workflow: dict
+    notes: list[str] = field(default_factory=list)
+
+
+def _nodes_of_type(workflow: dict, class_types) -> list[dict]:
+    return [node for node in workflow.values() if node["class_type"] in class_types]
+
+
+def _require(nodes: list, what: str, parameter: str, label: str) -> list:
+    if not nodes:
+        raise MissingNodeError(what, parameter, label.format(parameter))
+    return nodes
+
+
+def _sampler_prompt_encoders(workflow: dict, sampler_input: str) -> list[dict]:
+    encoders = []
+    for sampler in _nodes_of_type(workflow, SAMPLER_SEED_INPUT):
+        source = sampler["inputs"].get(sampler_input)
+        if isinstance(source, list) and workflow.get(str(source[0]), {}).get("class_type") == PROMPT_ENCODER_TYPE:
+            encoder = workflow[str(source[0])]
+            if all(encoder is not known for known in encoders):
+                encoders.append(encoder)
+    return encoders
+
+
+def apply_overrides(
+    workflow: dict,
+    *,
+    prompt=None,
+    seed=None,
+    width=None,
+    height=None,
+    steps=None,
+    batch_size=None,
+    negative_prompt=None,
+    label: str = "{}",
+) -> AppliedWorkflow:
+    """Return a copy of the workflow with the given inputs replaced on every node of the matching type.
+
+    A parameter whose node is missing raises MissingNodeError (its message uses `label`, e.g. "--{}"
+    for command-line options), except negative_prompt: a workflow with no text encoder on the negative
+    side (Z-Image Turbo zeroes it and runs at cfg 1) ignores it, and the result's notes say so.
+    """
+    workflow = copy.deepcopy(workflow)
+    notes = []
+    samplers = _nodes_of_type(workflow, SAMPLER_SEED_INPUT)
+    positive_encoders = _sampler_prompt_encoders(workflow, "positive")
+    if prompt is not None:
+        what = f"{PROMPT_ENCODER_TYPE} feeding a sampler's positive input"
+        for encoder in _require(positive_encoders, what, "prompt", label):
+            encoder["inputs"]["text"] = prompt
+    if negative_prompt is not None:
+        negative_encoders = [
+            encoder
+            for encoder in _sampler_prompt_encoders(workflow, "negative")
+            if all(encoder is not positive for positive in positive_encoders)
+        ]
+        for encoder in negative_encoders:
+            encoder["inputs"]["text"] = negative_prompt
+        if not negative_encoders:
+            notes.append(
+                f"negative_prompt ignored: the workflow has no {PROMPT_ENCODER_TYPE} of its own feeding a "
+                "sampler's negative input"
+            )
+    if seed is not None:
+        for sampler in _require(samplers, "KSampler", "seed", label):
+            sampler["inputs"][SAMPLER_SEED_INPUT[sampler["class_type"]]] = seed
+    if steps is not None:
+        for sampler in _require(samplers, "KSampler", "steps", label):
+            sampler["inputs"]["steps"] = steps
+    for name, value in (("width", width), ("height", height), ("batch_size", batch_size)):
+        if value is not None:
+            for latent in _require(_nodes_of_type(workflow, LATENT_TYPES), " or ".join(LATENT_TYPES), name, label):
+                latent["inputs"][name] = value
+    return AppliedWorkflow(workflow, notes)
