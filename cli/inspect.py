@@ -16,7 +16,7 @@ TEXT_ENCODER_LOADER = "Load Text Encoder (GGUF, Z-Image pack)"
 
 def describe(path) -> list[str]:
     gguf_file = load_gguf(path)
-    shapes = {name: info.shape for name, info in gguf_file.tensors.items()}
+    shapes = gguf_file.shapes
     types = Counter(info.ggml_type.name for info in gguf_file.tensors.values())
     size = sum(info.n_bytes for info in gguf_file.tensors.values())
     lines = [

@@ -105,7 +105,7 @@ def load_diffusion_gguf(path, dequant_dtype=None, patch_on_device=False, device=
     import comfy.sd
 
     gguf_file = load_gguf(path)
-    shapes = {name: info.shape for name, info in gguf_file.tensors.items()}
+    shapes = gguf_file.shapes
     info = detect_diffusion_model(gguf_file.metadata, shapes, source=path)
     names = normalize_diffusion_keys(shapes)
     fixes = expected_shape_fixes(info.family, {new: shapes[old] for new, old in names.items()})
@@ -211,7 +211,7 @@ def load_text_encoder(path, clip_type="lumina2", model_options=None, device=None
                                   model_options=model_options)
 
     gguf_file = load_gguf(path)
-    shapes = {name: info.shape for name, info in gguf_file.tensors.items()}
+    shapes = gguf_file.shapes
     arch = detect_text_encoder(gguf_file.metadata, shapes, path)
     config = encoder_config(arch, gguf_file.metadata, shapes, path)
     known = comfy_te_model(config)

@@ -31,6 +31,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from ..errors import GGUFFormatError
+from .state_dict import build_state_dict
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -234,13 +235,16 @@ class GGUFFile:
         """Every tensor, in file order, as its `TensorInfo` plus its zero-copy raw bytes."""
         return {name: RawTensor(info, self.raw_tensor(name)) for name, info in self.tensors.items()}
 
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Tensor name -> shape (torch order), in file order: what model detection works from."""
+        return {name: info.shape for name, info in self.tensors.items()}
+
     def quantized_state_dict(self, dtype: torch.dtype = torch.float16) -> dict:
         """Every tensor as a `QuantizedTensor` (zero-copy; `dtype` is the float type it reports
-        and dequantizes to by default), in file order."""
-        from .tensor import QuantizedTensor
-
-        return {name: QuantizedTensor(self.raw_tensor(name), info.ggml_type, info.shape, dtype)
-                for name, info in self.tensors.items()}
+        and dequantizes to by default), in file order. Built by `ops.state_dict.build_state_dict`,
+        with no tensor too small to stay quantized."""
+        return build_state_dict(self, dtype, small_tensor_elements=0)[0]
 
     def close(self) -> None:
         if self._mapped is None:

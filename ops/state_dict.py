@@ -32,12 +32,14 @@ class LoadStats:
 
 
 def build_state_dict(gguf_file, compute_dtype: torch.dtype, *, names: dict[str, str] | None = None,
-                     shapes: dict[str, tuple] | None = None, progress=None) -> tuple[dict, LoadStats]:
+                     shapes: dict[str, tuple] | None = None, progress=None,
+                     small_tensor_elements: int = SMALL_TENSOR_ELEMENTS) -> tuple[dict, LoadStats]:
     """State dict for a model from `gguf_file`.
 
     `names` maps the wanted key -> the tensor's name in the file (default: same names);
     `shapes` gives a logical shape for keys whose stored shape differs (same element count).
-    `progress(done_bytes, total_bytes)` is called as tensors are prepared.
+    `progress(done_bytes, total_bytes)` is called as tensors are prepared. Tensors of fewer than
+    `small_tensor_elements` elements become float32 tensors; 0 keeps every tensor quantized.
     """
     names = names or {name: name for name in gguf_file.tensors}
     shapes = shapes or {}
@@ -57,7 +59,7 @@ def build_state_dict(gguf_file, compute_dtype: torch.dtype, *, names: dict[str, 
         raw = gguf_file.raw_tensor(old)
         stats.type_counts[info.ggml_type.name] += 1
         stats.file_bytes += info.n_bytes
-        if math.prod(shape) < SMALL_TENSOR_ELEMENTS:
+        if math.prod(shape) < small_tensor_elements:
             state_dict[key] = dequantize(raw, info.ggml_type, shape, torch.float32)
         else:
             state_dict[key] = QuantizedTensor(raw, info.ggml_type, shape, compute_dtype)

@@ -45,7 +45,7 @@ def zimage_shapes(style: str, width: int = 3840, n_layers: int = 2) -> dict[str,
 
 def reader_inputs(path):
     gguf_file = load_gguf(path)
-    return gguf_file, {name: info.shape for name, info in gguf_file.tensors.items()}
+    return gguf_file, gguf_file.shapes
 
 
 # --- Z-Image detection -----------------------------------------------------------------------

@@ -29,7 +29,7 @@ SMALL = dict(n_layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, ffn=128, v
 def _read(path):
     """metadata, shapes and float32 tensors (gguf-py's reference dequantization) of a written file."""
     f = load_gguf(path)
-    shapes = {name: info.shape for name, info in f.tensors.items()}
+    shapes = f.shapes
     values = {
         name: torch.from_numpy(
             gguf.quants.dequantize(f.raw_tensor(name).numpy(), info.ggml_type).reshape(info.shape).copy()
@@ -300,7 +300,7 @@ def test_full_width_qwen3_4b_file(tmp_path_factory):
         ggml_type=T.Q4_0, rope_theta=5e6, keep_state_dict=False,
     )
     f = load_gguf(path)
-    shapes = {name: info.shape for name, info in f.tensors.items()}
+    shapes = f.shapes
     config = encoder_config(detect_text_encoder(f.metadata, shapes, path), f.metadata, shapes, path)
     assert comfy_te_model_name(config) == "qwen3_4b"
     kwargs = comfy_config_kwargs(config)

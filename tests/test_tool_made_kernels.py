@@ -107,7 +107,7 @@ def test_llama_cpp_quantized_encoder_is_read_as_the_source_qwen3(quant):
         _, path = tool_files.llama_quantized_encoder(quant)
     expected = tool_files.SMALL_QWEN3
     gguf_file = load_gguf(path)
-    shapes = {name: info.shape for name, info in gguf_file.tensors.items()}
+    shapes = gguf_file.shapes
     arch = detect_text_encoder(gguf_file.metadata, shapes, path)
     config = encoder_config(arch, gguf_file.metadata, shapes, path)
     assert (arch.arch, config.n_layers, config.hidden_size, config.n_heads, config.n_kv_heads, config.head_dim,
@@ -190,7 +190,7 @@ def test_sdcpp_converted_zimage_is_detected_and_maps_to_comfy_names_and_shapes(l
     expected = SDCPP_LAYOUTS[layout]
     path = tool_files.sdcpp_zimage("q8_0", prefixed=expected["prefixed"], with_vae=expected["with_vae"])
     gguf_file = load_gguf(path)
-    shapes = {name: info.shape for name, info in gguf_file.tensors.items()}
+    shapes = gguf_file.shapes
     # what the pack's sd.cpp handling assumes: no metadata, pad tokens 1-D, norms quantized
     assert "general.architecture" not in gguf_file.metadata
     assert shapes[expected["prefix"] + "x_pad_token"] == (ZIMAGE_WIDTH,)

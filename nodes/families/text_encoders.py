@@ -2,7 +2,7 @@
 
 Pure functions over plain data, so they run without files or ComfyUI: `metadata` maps GGUF keys
 to python values, `tensor_shapes` maps tensor names to shapes in torch order ([out, in] for
-matrices), as the pack's reader gives them (`{n: t.shape for n, t in gguf.tensors.items()}`).
+matrices), as the pack's reader gives them (`GGUFFile.shapes`).
 
 ComfyUI builds its text encoders from hard-coded configs (`Qwen3_4BConfig` ...); a GGUF carries
 its own hyperparameters, so the loader derives the config from the file, checks it against the
