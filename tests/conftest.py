@@ -1,11 +1,33 @@
-"""Test-wide settings: the quantized-tensor tripwire is strict in every test.
+"""Test-wide settings.
 
-A whole GGUF weight dequantized by the dispatch fallback (outside a layer's forward) raises
-`FallbackDequantization`; tests of the fallback itself opt out with `FALLBACKS.allowed()`.
+* The package imports as `comfyui_zimage_gguf` even in a Python without the editable install
+  (ComfyUI's own venv, for the integration tests): a symlink named like the package, in a
+  temporary folder put on sys.path and on PYTHONPATH (for subprocesses).
+* The quantized-tensor tripwire is strict in every test: a whole GGUF weight dequantized by the
+  dispatch fallback (outside a layer's forward) raises `FallbackDequantization`; tests of the
+  fallback itself opt out with `FALLBACKS.allowed()`.
 """
+import atexit
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
 import pytest
 
-from comfyui_zimage_gguf.ops.tensor import FALLBACKS
+PACK_NAME = "comfyui_zimage_gguf"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+if importlib.util.find_spec(PACK_NAME) is None:
+    _folder = Path(tempfile.mkdtemp(prefix="zimage-gguf-pkg-"))
+    (_folder / PACK_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
+    sys.path.insert(0, str(_folder))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_folder), os.environ.get("PYTHONPATH")]))
+    atexit.register(shutil.rmtree, _folder, ignore_errors=True)
+
+from comfyui_zimage_gguf.ops.tensor import FALLBACKS  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -9,17 +9,14 @@ where the fixtures below generate small but full-width model files once and reus
 """
 from __future__ import annotations
 
-import atexit
 import functools
 import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -46,22 +43,6 @@ SKIP_REASON = (
 )
 
 
-def _make_pack_importable() -> Path | None:
-    """Expose the repository as `comfyui_zimage_gguf` for test code when it is not pip-installed here.
-
-    ComfyUI's own Python usually lacks the editable install; a symlink named like the package, in a
-    temporary folder on sys.path, gives the same import without touching any environment.
-    """
-    if importlib.util.find_spec(PACK_NAME) is not None:
-        return None
-    folder = Path(tempfile.mkdtemp(prefix="zimage-gguf-pkg-"))
-    (folder / PACK_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
-    sys.path.insert(0, str(folder))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
-
-
-PACKAGE_PARENT = _make_pack_importable()
 
 
 @pytest.fixture(scope="session")
@@ -71,11 +52,9 @@ def run_timeout_s() -> float:
 
 @pytest.fixture(scope="session")
 def cli_env() -> dict:
-    """Environment in which `python -m comfyui_zimage_gguf` works from this Python."""
-    env = dict(os.environ)
-    if PACKAGE_PARENT is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), env.get("PYTHONPATH")]))
-    return env
+    """Environment in which `python -m comfyui_zimage_gguf` works from this Python (tests/conftest.py
+    puts the package on PYTHONPATH where it is not installed)."""
+    return dict(os.environ)
 
 
 def pytest_collection_modifyitems(config, items):
