@@ -76,7 +76,7 @@ class DequantLayerMixin:
                 continue
             setattr(self, name, torch.nn.Parameter(value, requires_grad=False))
 
-    def cast_weight_bias(self, input: torch.Tensor, dtype: torch.dtype | None = None):
+    def cast_bias_weight(self, input: torch.Tensor, dtype: torch.dtype | None = None):
         """Dequantized (and LoRA-patched) weight and bias in the input's dtype, on its device."""
         compute_dtype = dtype or input.dtype
         if not compute_dtype.is_floating_point:
@@ -99,13 +99,13 @@ class DequantLayerMixin:
 
 class _DequantLinear(DequantLayerMixin):
     def forward_comfy_cast_weights(self, input):
-        weight, bias = self.cast_weight_bias(input)
+        weight, bias = self.cast_bias_weight(input)
         return F.linear(input, weight, bias)
 
 
 class _DequantConv(DequantLayerMixin):
     def forward_comfy_cast_weights(self, input, *args, **kwargs):
-        weight, bias = self.cast_weight_bias(input)
+        weight, bias = self.cast_bias_weight(input)
         return self._conv_forward(input, weight, bias, *args, **kwargs)
 
 
@@ -134,19 +134,19 @@ def _embedding_rows(weight: QuantizedTensor, ids: torch.Tensor, dtype: torch.dty
 
 class _DequantLayerNorm(DequantLayerMixin):
     def forward_comfy_cast_weights(self, input):
-        weight, bias = (None, None) if self.weight is None else self.cast_weight_bias(input)
+        weight, bias = (None, None) if self.weight is None else self.cast_bias_weight(input)
         return F.layer_norm(input, self.normalized_shape, weight, bias, self.eps)
 
 
 class _DequantGroupNorm(DequantLayerMixin):
     def forward_comfy_cast_weights(self, input):
-        weight, bias = (None, None) if self.weight is None else self.cast_weight_bias(input)
+        weight, bias = (None, None) if self.weight is None else self.cast_bias_weight(input)
         return F.group_norm(input, self.num_groups, weight, bias, self.eps)
 
 
 class _DequantRMSNorm(DequantLayerMixin):
     def forward_comfy_cast_weights(self, input):
-        weight = None if self.weight is None else self.cast_weight_bias(input)[0]
+        weight = None if self.weight is None else self.cast_bias_weight(input)[0]
         return F.rms_norm(input, self.normalized_shape, weight, self.eps)
 
 
