@@ -14,13 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,7 +30,6 @@ MODEL_CACHE = Path(
 STARTUP_TIMEOUT_S = float(os.environ.get("ZIMAGE_GGUF_STARTUP_TIMEOUT", "300"))
 # One small run takes seconds on an idle machine, but minutes where many processes share the CPU.
 RUN_TIMEOUT_S = float(os.environ.get("ZIMAGE_GGUF_RUN_TIMEOUT", "1800"))
-LOG_TAIL_LINES = 80
 SKIP_REASON = (
     "COMFYUI_PATH is not set: integration tests need a ComfyUI checkout "
     "(e.g. COMFYUI_PATH=/tmp/ComfyUI; see the README's Testing section)"
@@ -83,84 +76,54 @@ def load_tests_helper():
     return load_tests_module
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _load_comfy_server_module():
+    path = Path(__file__).with_name("comfy_server.py")
+    spec = importlib.util.spec_from_file_location("_zimage_comfy_server", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
 
 
-@dataclass
-class ComfyServer:
-    url: str
-    base_dir: Path
-    log_path: Path
-    process: subprocess.Popen
+comfy_server_module = _load_comfy_server_module()
 
-    def request(self, path: str, body: dict | None = None, timeout: float = 60) -> tuple[int, object]:
-        """(HTTP status, decoded JSON or raw bytes)."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                status, content_type, raw = response.status, response.headers.get_content_type(), response.read()
-        except urllib.error.HTTPError as error:
-            status, content_type, raw = error.code, error.headers.get_content_type(), error.read()
-        return status, json.loads(raw) if content_type == "application/json" else raw
 
-    def get_json(self, path: str):
-        status, data = self.request(path)
-        assert status == 200, f"GET {path}: HTTP {status}: {data!r}"
-        return data
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        if not self.log_path.exists():
-            return "(no server log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
+class ComfyServer(comfy_server_module.ComfyServer):
     def run_prompt(self, workflow: dict, timeout_s: float = RUN_TIMEOUT_S) -> dict:
-        """POST /prompt and wait for its history entry; return the entry (or the /prompt error body)."""
-        status, body = self.request("/prompt", {"prompt": workflow})
-        if status != 200:
-            return {"rejected": body, "http_status": status}
-        prompt_id = body["prompt_id"]
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
-            if entry is not None:
-                return entry
-            assert self.process.poll() is None, f"ComfyUI exited while running the prompt:\n{self.log_tail()}"
-            time.sleep(0.5)
-        raise AssertionError(f"prompt {prompt_id} not finished after {timeout_s}s\n{self.log_tail()}")
-
-
-def _wait_until_ready(server: ComfyServer) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"ComfyUI exited with code {server.process.returncode} during startup:\n{server.log_tail()}")
         try:
-            with urllib.request.urlopen(server.url + "/system_stats", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(1)
-    pytest.fail(f"ComfyUI did not answer within {STARTUP_TIMEOUT_S:g}s:\n{server.log_tail()}")
+            return super().run_prompt(workflow, timeout_s)
+        except (RuntimeError, TimeoutError) as error:
+            raise AssertionError(str(error)) from None
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
+@pytest.fixture(scope="session")
+def start_comfy_server(tmp_path_factory, model_cache):
+    """Start a fresh server of its own (e.g. for memory figures no other run has touched):
+    `start_comfy_server(name, env={...})`; stopped at the end of the session."""
+    if not COMFYUI_PATH:
+        pytest.skip(SKIP_REASON)
+    started = []
+
+    def start(name: str = "comfyui-base", env: dict | None = None, custom_nodes: dict | None = None):
+        base_dir = tmp_path_factory.mktemp(name)
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+            server = comfy_server_module.start_server(
+                COMFYUI_PATH, COMFYUI_PYTHON, base_dir, model_cache, custom_nodes or {PACK_NAME: REPO_ROOT},
+                env={"ZIMAGE_GGUF_STRICT": "1", **(env or {})}, startup_timeout_s=STARTUP_TIMEOUT_S)
+        except (RuntimeError, TimeoutError, FileNotFoundError) as error:
+            pytest.fail(str(error))
+        server.__class__ = ComfyServer
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        comfy_server_module.stop_server(server.process)
 
 
 @pytest.fixture(scope="session")
 def model_cache() -> Path:
-    for folder in ("diffusion_models", "text_encoders", "vae"):
+    for folder in ("diffusion_models", "text_encoders", "vae", "loras"):
         (MODEL_CACHE / folder).mkdir(parents=True, exist_ok=True)
     return MODEL_CACHE
 
@@ -192,21 +155,24 @@ def _link(link: Path, target: Path, prefix: str) -> None:
     link.symlink_to(target)
 
 
-def _qwen3_encoder(model_cache: Path, release: str) -> str:
-    """A shallow but full-width llama.cpp Qwen3 GGUF (Q8_0) of the given release's shape, cached.
+def _qwen3_encoder(model_cache: Path, release: str, ggml_type: str = "Q8_0") -> str:
+    """A shallow but full-width llama.cpp Qwen3 GGUF of the given release's shape and matrix type, cached.
 
     The cache key covers the factory's source, so a changed factory regenerates the file."""
+    from gguf import GGMLQuantizationType
+
     factories = load_tests_module("factories")
     params = dict(arch="qwen3", n_layers=QWEN3_TEST_LAYERS, head_dim=128, vocab=151936, **QWEN3_SHAPES[release])
     key = json.dumps(params, sort_keys=True) + (TESTS_DIR / "helpers" / "factories.py").read_text()
-    prefix = f"{release}-test-"
-    name = f"{prefix}{QWEN3_TEST_LAYERS}layers-Q8_0-{hashlib.sha256(key.encode()).hexdigest()[:10]}.gguf"
+    prefix = f"{release}-test-{QWEN3_TEST_LAYERS}layers-{ggml_type}-"
+    name = f"{prefix}{hashlib.sha256(key.encode()).hexdigest()[:10]}.gguf"
     path = model_cache / "text_encoders" / name
     _drop_stale(path.parent, prefix, name)
     if not path.exists():
         partial = path.with_name(f"{name}.partial-{os.getpid()}")
         try:
-            factories.write_llama_cpp_encoder_gguf(partial, keep_state_dict=False, **params)
+            factories.write_llama_cpp_encoder_gguf(partial, keep_state_dict=False,
+                                                   ggml_type=GGMLQuantizationType[ggml_type], **params)
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)
@@ -214,13 +180,27 @@ def _qwen3_encoder(model_cache: Path, release: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def zimage_gguf_name(model_cache) -> str:
+def zimage_gguf_name(quantized_model_names) -> str:
     """Name (as the loader lists it) of a full-width (3840) Z-Image GGUF, Q8_0, with one main layer."""
-    factory = load_tests_module("zimage_factory")
-    cached = factory.cached_model("zimage_gguf", n_layers=ZIMAGE_TEST_LAYERS, style="city96")
-    name = f"zimage-test-{ZIMAGE_TEST_LAYERS}layer-Q8_0-{cached.stem.rsplit('-', 1)[-1]}.gguf"
-    _link(model_cache / "diffusion_models" / name, cached, "zimage-test-")
-    return name
+    return quantized_model_names("Q8_0")["unet"]
+
+
+@pytest.fixture(scope="session")
+def quantized_model_names(model_cache):
+    """`names(ggml_type)` -> (Z-Image GGUF, Qwen3-4B GGUF) file names, both with matrices in that type,
+    plus their paths: generated once into the model cache."""
+
+    def names(ggml_type: str) -> dict:
+        factory = load_tests_module("zimage_factory")
+        cached = factory.cached_model("zimage_gguf", n_layers=ZIMAGE_TEST_LAYERS, style="city96",
+                                      type_rule={"matrix": ggml_type}, seed=0)
+        unet = f"zimage-test-{ZIMAGE_TEST_LAYERS}layer-{ggml_type}-{cached.stem.rsplit('-', 1)[-1]}.gguf"
+        _link(model_cache / "diffusion_models" / unet, cached, f"zimage-test-{ZIMAGE_TEST_LAYERS}layer-{ggml_type}-")
+        clip = _qwen3_encoder(model_cache, "Qwen3-4B", ggml_type)
+        return {"unet": unet, "clip": clip, "unet_path": model_cache / "diffusion_models" / unet,
+                "clip_path": model_cache / "text_encoders" / clip}
+
+    return names
 
 
 @pytest.fixture(scope="session")
@@ -245,39 +225,9 @@ def flux_vae_name(model_cache) -> str:
 
 
 @pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory, model_cache) -> ComfyServer:
-    if not COMFYUI_PATH:
-        pytest.skip(SKIP_REASON)
-    comfy_main = Path(COMFYUI_PATH) / "main.py"
-    if not comfy_main.is_file():
-        pytest.fail(f"COMFYUI_PATH={COMFYUI_PATH} holds no main.py: not a ComfyUI checkout")
-    base_dir = tmp_path_factory.mktemp("comfyui-base")
-    (base_dir / "custom_nodes").mkdir()
-    (base_dir / "custom_nodes" / PACK_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
-    extra_paths = base_dir / "extra_model_paths.yaml"
-    extra_paths.write_text(
-        "zimage_gguf_integration:\n"
-        f"  base_path: {json.dumps(str(model_cache))}\n"
-        "  diffusion_models: diffusion_models\n"
-        "  text_encoders: text_encoders\n"
-        "  vae: vae\n"
-    )
-    port = _free_port()
-    command = [
-        COMFYUI_PYTHON, str(comfy_main), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-        "--disable-auto-launch", "--base-directory", str(base_dir), "--extra-model-paths-config", str(extra_paths),
-        "--database-url", f"sqlite:///{base_dir / 'comfyui.db'}",
-    ]
-    log_path = base_dir / "comfyui.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-    server = ComfyServer(url=f"http://127.0.0.1:{port}", base_dir=base_dir, log_path=log_path, process=process)
-    try:
-        _wait_until_ready(server)
-        yield server
-    finally:
-        _stop(process)
+def comfy_server(start_comfy_server) -> ComfyServer:
+    """The session's shared server, strict tripwire on (a whole-weight fallback dequantization fails the run)."""
+    return start_comfy_server()
 
 
 @pytest.hookimpl(hookwrapper=True)
