@@ -1,7 +1,9 @@
 """`python -m comfyui_zimage_gguf bench`: dequantization speed per GGML type and GGUF opening time.
 
 Every figure is a median of repeated runs; ratios are taken against a same-size fp16 tensor copy
-timed in the same run, because absolute times on shared machines swing between runs. Both sides
+timed in the same run: "x copy" against an allocating clone (fresh output on both sides), "x copy_"
+dequantizing into a preallocated `out` against `copy_` into a preallocated buffer (no page faults
+on either side: the memory-bandwidth limit), because absolute times on shared machines swing between runs. Both sides
 of each ratio (the copy, gguf-py's numpy dequantization) are timed alongside each type, runs
 alternating, so that load changing during the run moves both sides alike.
 """
@@ -49,7 +51,10 @@ def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
     out_bytes = n_elements * 2
     print(f"weight {rows}x{cols} -> float16 ({out_bytes / 1e6:.1f} MB out); torch threads: {torch.get_num_threads()}")
     print(f"fp16 copy of the same size: {copy_s * 1e3:.2f} ms ({out_bytes / copy_s / 1e9:.2f} GB/s)")
-    header = f"{'type':8} {'ms':>9} {'GB/s':>7} {'x copy':>7} {'numpy ms':>10} {'vs numpy':>9}"
+    copy_target = torch.empty_like(baseline_src)
+    out = torch.empty((rows, cols), dtype=torch.float16)
+    header = (f"{'type':8} {'ms':>9} {'GB/s':>7} {'x copy':>7} {'out ms':>9} {'x copy_':>8} "
+              f"{'numpy ms':>10} {'vs numpy':>9}")
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
@@ -62,9 +67,11 @@ def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
         # time, so handing it one row per block would time its Python loop, not its maths.
         raw = RANDOM_BLOCKS[ggml_type](n_blocks, rng).reshape(rows, -1)
         data = torch.from_numpy(raw).reshape(-1)
-        seconds, type_copy_s, numpy_s = _interleaved_medians([
+        seconds, type_copy_s, out_s, copy_into_s, numpy_s = _interleaved_medians([
             (lambda: dequantize(data, ggml_type, (rows, cols), torch.float16), repeat),
             (baseline_src.clone, repeat),
+            (lambda: dequantize(data, ggml_type, (rows, cols), torch.float16, out=out), repeat),
+            (lambda: copy_target.copy_(baseline_src), repeat),
             # to the same float16 output (gguf-py returns float32; for F32 a zero-copy view)
             (lambda: gguf_quants.dequantize(raw, ggml_type).astype(np.float16), max(1, repeat // 3)),
         ])
@@ -73,19 +80,23 @@ def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
             "ms": seconds * 1e3,
             "gbps": out_bytes / seconds / 1e9,
             "x_copy": seconds / type_copy_s,
+            "out_ms": out_s * 1e3,
+            "x_copy_into": out_s / copy_into_s,
             "numpy_ms": numpy_s * 1e3,
             "vs_numpy": numpy_s / seconds,
         }
         results.append(row)
         print(
-            f"{name:8} {row['ms']:9.2f} {row['gbps']:7.2f} {row['x_copy']:7.2f} "
-            f"{row['numpy_ms']:10.1f} {row['vs_numpy']:8.1f}x",
+            f"{name:8} {row['ms']:9.2f} {row['gbps']:7.2f} {row['x_copy']:7.2f} {row['out_ms']:9.2f} "
+            f"{row['x_copy_into']:8.2f} {row['numpy_ms']:10.1f} {row['vs_numpy']:8.1f}x",
             flush=True,
         )
-    ratios = [r["x_copy"] for r in results]
-    if ratios:
-        geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-        print(f"geometric mean x copy: {geo:.2f}; worst: {max(ratios):.2f} ({results[ratios.index(max(ratios))]['type']})")
+    for key, label in (("x_copy", "x copy"), ("x_copy_into", "x copy_")):
+        ratios = [r[key] for r in results]
+        if ratios:
+            geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+            worst = max(ratios)
+            print(f"geometric mean {label}: {geo:.2f}; worst: {worst:.2f} ({results[ratios.index(worst)]['type']})")
     return results
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .buffers import OUTPUT_BUFFERS
 from .dequant import dequantize
-from .kernels.output import reused_output
 from .tensor import QuantizedTensor
 
 
@@ -37,12 +37,17 @@ class TorchLayers:
     RMSNorm = torch.nn.RMSNorm
 
 
-def materialize(tensor, dtype: torch.dtype, device) -> torch.Tensor | None:
-    """A plain tensor of `dtype` on `device`: quantized data moves as raw bytes, then dequantizes there."""
+def materialize(tensor, dtype: torch.dtype, device, reuse_buffer: bool = False) -> torch.Tensor | None:
+    """A plain tensor of `dtype` on `device`: quantized data moves as raw bytes, then dequantizes there.
+
+    `reuse_buffer`: a quantized tensor is dequantized into this thread's CPU output buffer (see
+    ops/buffers.py), valid until the thread's next such call.
+    """
     if tensor is None:
         return None
     if isinstance(tensor, QuantizedTensor):
-        return tensor.dequantize(dtype, device)
+        out = OUTPUT_BUFFERS.get(tensor.shape, dtype, device) if reuse_buffer else None
+        return tensor.dequantize(dtype, device, out=out)
     return tensor.to(device=device, dtype=dtype)
 
 
@@ -82,8 +87,8 @@ class DequantLayerMixin:
         if not compute_dtype.is_floating_point:
             compute_dtype = self._float_dtype()
         patch_dtype = self.layer_options.dequant_dtype or compute_dtype
-        with reused_output():  # the weight lives for this one call only
-            weight = materialize(self.weight, patch_dtype, input.device)
+        # the weight lives for this one call only
+        weight = materialize(self.weight, patch_dtype, input.device, reuse_buffer=True)
         for fn in self.weight_function:
             weight = fn(weight)
         bias = materialize(getattr(self, "bias", None), patch_dtype, input.device)

@@ -1,8 +1,8 @@
 """One table of GGML types: block size, bytes per block and the torch kernel that dequantizes it.
 
-A kernel takes a uint8 tensor of shape (n_blocks, type_size) and a float dtype and returns a
-tensor of shape (n_blocks, block_size) in that dtype on the same device. In float32 its values
-equal gguf-py's reference `gguf.quants.dequantize` bit for bit.
+A kernel takes a uint8 tensor of shape (n_blocks, type_size) and writes the values into `out`, a
+contiguous float tensor of shape (n_blocks, block_size) on the same device, in out's dtype. In
+float32 its values equal gguf-py's reference `gguf.quants.dequantize` bit for bit.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .kernels import KERNELS
 
-Kernel = Callable[[torch.Tensor, torch.dtype], torch.Tensor]
+Kernel = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 @dataclass(frozen=True)

@@ -54,15 +54,16 @@ class QuantizedTensor(torch.Tensor):
             f"device={self.device}, {self.raw.numel()} bytes)"
         )
 
-    def dequantize(self, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+    def dequantize(self, dtype: torch.dtype | None = None, device=None, out: torch.Tensor | None = None) -> torch.Tensor:
         """Plain tensor of the logical shape in `dtype` (default: the reported compute dtype).
 
-        With `device`, the raw bytes move there first and are dequantized there.
+        With `device`, the raw bytes move there first and are dequantized there; with `out`, the
+        values are written into it (see `ops.dequantize`).
         """
         raw = self.raw
         if device is not None and raw.device != torch.device(device):
             raw = raw.to(device, non_blocking=True)
-        return dequantize(raw, self.ggml_type, self.shape, dtype or self.dtype)
+        return dequantize(raw, self.ggml_type, self.shape, dtype or self.dtype, out=out)
 
     def _rewrap(self, raw: torch.Tensor, *, shape=None, dtype: torch.dtype | None = None) -> "QuantizedTensor":
         return QuantizedTensor(raw, self.ggml_type, self.shape if shape is None else shape, dtype or self.dtype)

@@ -109,3 +109,39 @@ def test_shape_not_a_whole_number_of_blocks_raises_the_pack_error():
 def test_unsupported_type_raises_naming_it(ggml_type):
     with pytest.raises(UnsupportedQuantTypeError, match=str(getattr(ggml_type, "name", ggml_type))):
         dequantize(torch.zeros(34, dtype=torch.uint8), ggml_type, (32,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("ggml_type", list(QUANT_TYPES), ids=lambda t: t.name)
+def test_out_receives_the_values_and_is_returned(ggml_type, dtype):
+    block_size = GGML_QUANT_SIZES[ggml_type][0]
+    data = raw_weight(ggml_type, rows=3, blocks_per_row=2, seed=4)
+    out = torch.full((3, 2 * block_size), 7.0, dtype=dtype)
+    result = dequantize(data, ggml_type, (3, 2 * block_size), dtype, out=out)
+    assert result is out
+    assert torch.equal(out, dequantize(data, ggml_type, (3, 2 * block_size), dtype))
+
+
+def test_out_may_be_a_view_into_a_larger_buffer():
+    data = raw_weight(T.Q4_K, rows=2, blocks_per_row=1)
+    buffer = torch.full((3 * 256,), 5.0, dtype=torch.float16)
+    out = dequantize(data, T.Q4_K, (2, 256), torch.float16, out=buffer[:512].view(2, 256))
+    assert out.data_ptr() == buffer.data_ptr()
+    assert torch.equal(out, dequantize(data, T.Q4_K, (2, 256), torch.float16))
+    assert torch.equal(buffer[512:], torch.full((256,), 5.0, dtype=torch.float16))  # untouched
+
+
+@pytest.mark.parametrize(
+    ("out", "problem"),
+    [
+        (torch.empty(4, 32, dtype=torch.float16), r"shape \[4, 32\]"),
+        (torch.empty(2, 64, dtype=torch.float32), r"torch\.float32 tensor"),
+        (torch.empty(64, 2, dtype=torch.float16).t(), r"a non-contiguous torch\.float16"),
+        (torch.empty(2, 64, dtype=torch.float16, device="meta"), r"on meta"),
+    ],
+    ids=["shape", "dtype", "non-contiguous", "device"],
+)
+def test_an_unfit_out_raises_saying_what_it_must_be(out, problem):
+    data = raw_weight(T.Q8_0, rows=2, blocks_per_row=2)
+    with pytest.raises(ZImageGGUFError, match=r"out must be a contiguous torch\.float16 tensor of shape \[2, 64\] on cpu; got .*" + problem):
+        dequantize(data, T.Q8_0, (2, 64), torch.float16, out=out)

@@ -91,7 +91,7 @@ def test_blocks_at_an_odd_byte_offset(ggml_type):
     buffer = torch.zeros(raw.size + 1, dtype=torch.uint8)
     buffer[1:] = torch.from_numpy(raw).reshape(-1)
     blocks = buffer[1:].reshape(raw.shape)
-    assert_identical(KERNELS[ggml_type](blocks, torch.float32), reference(raw, ggml_type))
+    assert_identical(kernel_checks.run_kernel(KERNELS[ggml_type], ggml_type, blocks, torch.float32), reference(raw, ggml_type))
 
 
 @pytest.mark.parametrize("ggml_type", list(KERNELS), ids=lambda t: t.name)

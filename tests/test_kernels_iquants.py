@@ -12,6 +12,8 @@ from gguf import quants as gguf_quants
 from comfyui_zimage_gguf.ops import dequantize
 from comfyui_zimage_gguf.ops.kernels import iquants
 
+from helpers.kernel_checks import run_kernel
+
 IQUANTS = [Q.IQ1_S, Q.IQ1_M, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS, Q.IQ3_S, Q.IQ4_NL, Q.IQ4_XS]
 LARGEST_FP16 = 65504.0
 
@@ -22,7 +24,7 @@ def reference(raw: np.ndarray, ggml_type) -> torch.Tensor:
 
 
 def kernel(ggml_type, raw: np.ndarray, dtype=torch.float32) -> torch.Tensor:
-    return iquants.KERNELS[ggml_type](torch.from_numpy(raw), dtype)
+    return run_kernel(iquants.KERNELS[ggml_type], ggml_type, torch.from_numpy(raw), dtype)
 
 
 def with_scale(ggml_type, payload_byte: int, n_blocks: int, scale: float) -> np.ndarray:
@@ -67,7 +69,7 @@ def test_random_blocks_match_gguf_bit_for_bit(ggml_type, seed):
 def test_a_single_block_and_no_blocks(ggml_type):
     assert_matches_reference(ggml_type, iquants.RANDOM_BLOCKS[ggml_type](1, np.random.default_rng(7)))
     block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-    empty = iquants.KERNELS[ggml_type](torch.empty((0, type_size), dtype=torch.uint8), torch.float16)
+    empty = run_kernel(iquants.KERNELS[ggml_type], ggml_type, torch.empty((0, type_size), dtype=torch.uint8), torch.float16)
     assert empty.shape == (0, block_size) and empty.dtype == torch.float16
 
 
@@ -111,7 +113,7 @@ def test_dequantize_entry_point_reshapes_odd_row_counts(ggml_type, rows):
 def test_strided_block_rows_are_read_correctly(ggml_type):
     raw = iquants.RANDOM_BLOCKS[ggml_type](10, np.random.default_rng(4))
     every_other = torch.from_numpy(raw)[::2]
-    got = iquants.KERNELS[ggml_type](every_other, torch.float32)
+    got = run_kernel(iquants.KERNELS[ggml_type], ggml_type, every_other, torch.float32)
     assert torch.equal(got, reference(np.ascontiguousarray(raw[::2]), ggml_type))
 
 

@@ -83,7 +83,7 @@ def test_blocks_at_an_odd_byte_offset(ggml_type):
     buffer = torch.zeros(raw.size + 1, dtype=torch.uint8)
     buffer[1:] = torch.from_numpy(raw).reshape(-1)
     blocks = buffer[1:].reshape(raw.shape)
-    assert_identical(KERNELS[ggml_type](blocks, torch.float32), reference(raw, ggml_type))
+    assert_identical(kernel_checks.run_kernel(KERNELS[ggml_type], ggml_type, blocks, torch.float32), reference(raw, ggml_type))
 
 
 @pytest.mark.parametrize("ggml_type", [T.F16, T.Q8_0, T.Q4_K], ids=lambda t: t.name)
@@ -91,7 +91,7 @@ def test_output_is_a_fresh_tensor(ggml_type):
     # Callers (e.g. LoRA patching) may modify the weight in place; the raw bytes must survive.
     raw = torch.from_numpy(RANDOM_BLOCKS[ggml_type](4, np.random.default_rng(6)))
     before = raw.clone()
-    KERNELS[ggml_type](raw, torch.float16).add_(1)
+    kernel_checks.run_kernel(KERNELS[ggml_type], ggml_type, raw, torch.float16).add_(1)
     assert torch.equal(raw, before)
 
 

@@ -27,8 +27,6 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-from .output import new_output
-
 # (m, type_size) uint8 blocks -> float32 scale and min (or None), (m, n_sub) each: one value
 # per equal run of block_size / n_sub elements.
 Scales = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
@@ -50,8 +48,8 @@ class BlockFormat:
     # (e.g. 4 * type_size for the bit pairs of a whole block); sizes the chunks.
     widest: int = 0
 
-    def __call__(self, blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return dequantize_blocks(blocks, dtype, self)
+    def __call__(self, blocks: torch.Tensor, out: torch.Tensor) -> None:
+        dequantize_blocks(blocks, out, self)
 
 
 # Elements of the widest intermediate of a chunk. CPU: measured best on 2 cores (smaller
@@ -76,8 +74,8 @@ def _single_threaded(work: Callable[[], None], inference: bool, grad: bool) -> N
         work()
 
 
-def dequantize_blocks(blocks: torch.Tensor, dtype: torch.dtype, fmt: BlockFormat) -> torch.Tensor:
-    """(n, type_size) uint8 blocks -> (n, block_size) `dtype` values, chunk by chunk.
+def dequantize_blocks(blocks: torch.Tensor, out: torch.Tensor, fmt: BlockFormat) -> None:
+    """(n, type_size) uint8 blocks -> their values in `out` ((n, block_size), contiguous), chunk by chunk.
 
     CPU threading: chunks are shared out between the calling thread and helper threads (as
     many threads as torch.get_num_threads()), each running its ops single-threaded and taking
@@ -90,9 +88,9 @@ def dequantize_blocks(blocks: torch.Tensor, dtype: torch.dtype, fmt: BlockFormat
     n_blocks = blocks.shape[0]
     block_size = fmt.block_size
     device = blocks.device
-    out = new_output((n_blocks, block_size), dtype, device)
+    dtype = out.dtype
     if n_blocks == 0:
-        return out
+        return
     on_cpu = device.type == "cpu"
     budget = CPU_CHUNK_ELEMENTS if on_cpu else ACCELERATOR_CHUNK_ELEMENTS
     rows = max(1, budget // max(block_size, fmt.widest))
@@ -122,7 +120,7 @@ def dequantize_blocks(blocks: torch.Tensor, dtype: torch.dtype, fmt: BlockFormat
     threads = min(caller_threads, len(block_chunks)) if on_cpu else 1
     if not on_cpu or caller_threads == 1:
         work()
-        return out
+        return
     # Even a single chunk runs single-threaded: intra-op barriers cost more than they save here.
     torch.set_num_threads(1)
     try:
@@ -136,7 +134,6 @@ def dequantize_blocks(blocks: torch.Tensor, dtype: torch.dtype, fmt: BlockFormat
             helper.result()
     finally:
         torch.set_num_threads(caller_threads)
-    return out
 
 
 def fp16_field(blocks: torch.Tensor, offset: int, count: int = 1) -> torch.Tensor:

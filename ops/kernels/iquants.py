@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gguf_quants
-from .output import new_output
 
 # --- value tables, built once from gguf-py's codebooks --------------------------------------------
 
@@ -389,10 +388,10 @@ def _kernel(ggml_type, decode, float16_direct: bool):
     (exact for that decoder); otherwise, and for bfloat16, in float32 scratch cast once."""
     block_size = GGML_QUANT_SIZES[ggml_type][0]
 
-    def dequantize(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def dequantize(blocks: torch.Tensor, out: torch.Tensor) -> None:
         n = blocks.shape[0]
         device = blocks.device
-        out = new_output((n, block_size), dtype, device)
+        dtype = out.dtype
         direct = dtype == torch.float32 or (dtype == torch.float16 and float16_direct)
         chunk = CPU_CHUNK_WEIGHTS if device.type == "cpu" else ACCELERATOR_CHUNK_WEIGHTS
         rows = max(1, chunk // block_size)
@@ -406,7 +405,6 @@ def _kernel(ggml_type, decode, float16_direct: bool):
             _decode_into(decode, blocks[start:start + rows], values, spare)
             if scratch is not None:
                 target.copy_(values)
-        return out
 
     dequantize.__name__ = dequantize.__qualname__ = f"dequantize_{ggml_type.name.lower()}"
     return dequantize

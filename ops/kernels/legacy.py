@@ -15,12 +15,11 @@ from .blocks import (
 def _float_kernel(source_dtype: torch.dtype):
     itemsize = torch.empty((), dtype=source_dtype).element_size()
 
-    def kernel(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def kernel(blocks: torch.Tensor, out: torch.Tensor) -> None:
         raw = blocks
         if not raw.is_contiguous() or raw.storage_offset() % itemsize:
             raw = raw.clone(memory_format=torch.contiguous_format)
-        # Always a fresh tensor, like every quantized kernel: callers may modify it in place.
-        return raw.view(source_dtype).to(dtype, copy=True)
+        out.copy_(raw.view(source_dtype))
 
     return kernel
 
