@@ -6,3 +6,13 @@ from .ops.reader import load_gguf
 from .nodes.loaders import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 __all__ = ["load_gguf", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+
+
+def _add_image_api_routes() -> None:
+    # Only under a running ComfyUI (its `server` module loaded); importing the package elsewhere adds nothing.
+    from .api.inserver import register_with_comfyui
+
+    register_with_comfyui()
+
+
+_add_image_api_routes()

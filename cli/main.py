@@ -1,4 +1,4 @@
-"""Command line: `python -m comfyui_zimage_gguf {bench,inspect,queue} ...` (no ComfyUI needed)."""
+"""Command line: `python -m comfyui_zimage_gguf {bench,inspect,queue,serve} ...` (no ComfyUI needed)."""
 from __future__ import annotations
 
 import argparse
@@ -17,9 +17,11 @@ def main(argv=None) -> int:
     bench.add_argument("--cache-dir", default=None, help="where to keep the generated benchmark GGUF")
     from .inspect import add_inspect_parser
     from .queue import add_queue_parser
+    from .serve import add_serve_parser
 
     add_inspect_parser(sub)
     add_queue_parser(sub)
+    add_serve_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command == "bench":
@@ -34,6 +36,10 @@ def main(argv=None) -> int:
         from .queue import run_queue
 
         return run_queue(args)
+    if args.command == "serve":
+        from .serve import run_serve
+
+        return run_serve(args)
     return 2
 
 
