@@ -1,8 +1,28 @@
-"""The pack's error types: every message names the file, what was found, what was expected and what to do."""
+"""The pack's error types.
+
+Every message starts with one line of plain words, within about 120 characters: the problem and
+what to do. Details (full paths, both widths, what was found) follow on the next lines. ComfyUI's
+editor shows the exception's type and that first line in its error toast.
+
+ComfyUI names an error `type(e).__module__ + "." + type(e).__qualname__`, and for a custom node
+the module is its folder path. Every class here (and every subclass elsewhere in the pack) reports
+the module `ZImageGGUF` instead, so the editor shows `ZImageGGUF.IncompatibleModelError`
+whatever folder the pack is installed in.
+"""
+import os
+
+ERROR_MODULE = "ZImageGGUF"
 
 
 class ZImageGGUFError(Exception):
     """Base class for every error this pack raises on purpose."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__module__ = ERROR_MODULE
+
+
+ZImageGGUFError.__module__ = ERROR_MODULE
 
 
 class GGUFFormatError(ZImageGGUFError, ValueError):
@@ -11,7 +31,9 @@ class GGUFFormatError(ZImageGGUFError, ValueError):
     def __init__(self, path, problem: str):
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{self.path}: not a valid GGUF file: {problem}")
+        super().__init__(
+            f"{os.path.basename(self.path)} is not a valid GGUF file: download it again (damaged or incomplete?)\n"
+            f"{self.path}: not a valid GGUF file: {problem}")
 
 
 class UnsupportedQuantTypeError(ZImageGGUFError, ValueError):

@@ -9,17 +9,20 @@ import os
 
 import torch
 
-from ..errors import IncompatibleModelError, ModelDetectionError
+from ..errors import IncompatibleModelError, ModelDetectionError, ZImageGGUFError
 from ..ops.comfy_ops import as_gguf_patcher, make_comfy_ops
 from ..ops.dtype_policy import dtype_for
 from ..ops.layers import LayerOptions
-from .families.diffusion import detect_diffusion_model, expected_shape_fixes, normalize_diffusion_keys
-from .families.pairing import check_encoder_matches_model
 from ..ops.reader import load_gguf
 from ..ops.state_dict import build_state_dict
+from .families import DIFFUSION_LOADER, TEXT_ENCODER_LOADER
+from .families.diffusion import (
+    OTHER_COMPONENTS, detect_diffusion_model, expected_shape_fixes, normalize_diffusion_keys,
+)
+from .families.pairing import check_clip_type, check_encoder_matches_model
 from .families.text_encoders import (
-    comfy_config_kwargs, comfy_te_model, detect_text_encoder, encoder_config, hf_names, qk_permute_heads,
-    unpermute_qk_rows,
+    ENCODER_ARCHS, comfy_config_kwargs, comfy_te_model, detect_text_encoder, encoder_config, hf_names,
+    qk_permute_heads, unpermute_qk_rows,
 )
 
 log = logging.getLogger("comfyui_zimage_gguf")
@@ -29,33 +32,96 @@ CLIP_TYPES = [
     "lumina2", "stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
     "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2", "ovis", "longcat_image",
 ]
-# Which encoders (compat.KnownEncoder.display) a CLIP type's models were trained with, for the
-# types whose models take one llama-style encoder; other types are not checked here.
-CLIP_TYPE_ENCODERS = {
-    "lumina2": ("Qwen3-4B", "Gemma-2-2B"),
-    "qwen_image": ("Qwen2.5-VL-7B",),
-    "flux2": ("Qwen3-4B", "Qwen3-8B", "Mistral-Small-3.2-24B"),
+
+# Key under which the text encoder's identity travels in every conditioning our encoder node
+# makes (ComfyUI copies a conditioning's dict into the sampler's conds), so the diffusion model's
+# width check names the encoder that made the features, not the last one loaded.
+ENCODER_TAG = "zimage_gguf_text_encoder"
+
+# ---------------------------------------------------------------------------------------------
+# Which files each loader lists
+
+DIFFUSION_TOOLTIPS = {
+    "unet_name": "The diffusion model GGUF (e.g. z_image_turbo-Q8_0.gguf), from models/diffusion_models or "
+                 "models/unet. Text encoder GGUFs are not listed here: they go in the text encoder loader.",
+    "dequant_dtype": "Precision of the weights when a LoRA is added to them. auto: the precision the model runs in. "
+                     "Only matters with a LoRA: pick float32 if a LoRA's effect looks wrong or washed out (slower); "
+                     "without a LoRA, leave auto.",
+    "patch_on_device": "Keep LoRA weights on the GPU. Turn on for faster steps with a LoRA when you have VRAM to "
+                       "spare; leave off if you run out of VRAM. No effect without a LoRA.",
 }
-# detection families (families/diffusion.py) -> pairing.DIFFUSION_MODELS keys
-COMPAT_FAMILY = {"zimage": "z_image", "zimage_pixel": "z_image"}
+TEXT_ENCODER_TOOLTIPS = {
+    "clip_name": "The text encoder, from models/text_encoders or models/clip: for Z-Image a Qwen3-4B GGUF (e.g. "
+                 "Qwen3-4B-Instruct-2507-Q8_0.gguf) or qwen_3_4b.safetensors. Diffusion model GGUFs are not listed "
+                 "here.",
+    "type": "Which model the encoder is for. lumina2 is right for Z-Image and Z-Image Turbo; change it only for "
+            "another model (qwen_image for Qwen-Image, flux2 for FLUX.2).",
+    "device": "default: where ComfyUI runs text encoders. Pick cpu to save GPU memory for the diffusion model; "
+              "encoding a prompt then takes longer.",
+}
 
-# Last encoder loaded through our node per output width, as (file name, family): only used to
-# name the file and model in mismatch messages, never to change behaviour.
-_ENCODER_FILES_BY_WIDTH: dict[int, tuple[str, str]] = {}
+DIFFUSION, TEXT_ENCODER, OTHER = "diffusion", "text_encoder", "other"
+# path -> (size, mtime_ns, kind): header reads are repeated only for new or changed files
+_KIND_CACHE: dict[str, tuple[int, int, str | None]] = {}
 
 
-def _gguf_files(folder_name: str) -> list[str]:
-    import folder_paths
+def gguf_kind(path: str) -> str | None:
+    """DIFFUSION, TEXT_ENCODER, OTHER (a VAE, a vision projector) or None (cannot tell), from the header only.
 
+    Cached by (path, size, mtime): the loaders' lists are rebuilt on every /object_info.
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    cached = _KIND_CACHE.get(path)
+    if cached is not None and cached[:2] == (stat.st_size, stat.st_mtime_ns):
+        return cached[2]
+    kind = _classify(path)
+    _KIND_CACHE[path] = (stat.st_size, stat.st_mtime_ns, kind)
+    return kind
+
+
+def _classify(path: str) -> str | None:
+    try:
+        with load_gguf(path) as gguf_file:
+            architecture, shapes, metadata = gguf_file.architecture, gguf_file.shapes, gguf_file.metadata
+            if architecture in ENCODER_ARCHS:
+                return TEXT_ENCODER
+            try:
+                detect_diffusion_model(metadata, shapes, source=path)
+                return DIFFUSION
+            except ModelDetectionError:
+                general_type = metadata.get("general.type")
+                for component in OTHER_COMPONENTS:
+                    if component.matches(shapes, architecture, general_type):
+                        return TEXT_ENCODER if component.kind == "text encoder" else OTHER
+                return None
+    except (ZImageGGUFError, OSError, ValueError):
+        return None  # unreadable: listed, so that picking it shows the reason
+
+
+def list_gguf_files(roots, kind: str | None = None) -> list[str]:
+    """.gguf names (relative, '/'-separated) under `roots`; with `kind`, those of that kind or of unknown kind."""
     found = set()
-    for root in folder_paths.get_folder_paths(folder_name):
+    for root in roots:
         if not os.path.isdir(root):
             continue
         for dirpath, _, files in os.walk(root, followlinks=True):
             for name in files:
-                if name.lower().endswith(".gguf"):
-                    found.add(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
+                if not name.lower().endswith(".gguf"):
+                    continue
+                path = os.path.join(dirpath, name)
+                if kind is not None and gguf_kind(path) not in (kind, None):
+                    continue
+                found.add(os.path.relpath(path, root).replace(os.sep, "/"))
     return sorted(found)
+
+
+def _gguf_files(folder_name: str, kind: str | None = None) -> list[str]:
+    import folder_paths
+
+    return list_gguf_files(folder_paths.get_folder_paths(folder_name), kind)
 
 
 def _progress_bar():
@@ -69,20 +135,19 @@ def _progress_bar():
 class ZImageGGUFDiffusionModelLoader:
     """Loads a diffusion model (Z-Image and the other families ComfyUI detects) from a GGUF file."""
 
+    SEARCH_ALIASES = [
+        "unet gguf", "gguf loader", "diffusion model gguf", "gguf unet", "load gguf", "unet loader gguf",
+        "UnetLoaderGGUF", "z-image", "zimage", "z-image turbo", "z image turbo",
+    ]
+
     @classmethod
     def INPUT_TYPES(cls):
+        tips = DIFFUSION_TOOLTIPS
         return {
             "required": {
-                "unet_name": (_gguf_files("diffusion_models"), {
-                    "tooltip": "GGUF diffusion model from models/diffusion_models or models/unet "
-                               "(city96 or stable-diffusion.cpp conversions)."}),
-                "dequant_dtype": (list(DTYPE_CHOICES), {
-                    "default": "auto",
-                    "tooltip": "Float type weights are dequantized to before LoRA patches apply. auto: the "
-                               "compute type (bf16 where supported, fp16 on Apple GPUs without bf16)."}),
-                "patch_on_device": ("BOOLEAN", {
-                    "default": False,
-                    "tooltip": "Keep LoRA patch weights on the GPU: faster per step, uses more VRAM."}),
+                "unet_name": (_gguf_files("diffusion_models", DIFFUSION), {"tooltip": tips["unet_name"]}),
+                "dequant_dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip": tips["dequant_dtype"]}),
+                "patch_on_device": ("BOOLEAN", {"default": False, "tooltip": tips["patch_on_device"]}),
             }
         }
 
@@ -90,7 +155,8 @@ class ZImageGGUFDiffusionModelLoader:
     OUTPUT_TOOLTIPS = ("The diffusion model; weights stay quantized and are dequantized per layer.",)
     FUNCTION = "load_unet"
     CATEGORY = "loaders/Z-Image GGUF"
-    DESCRIPTION = "Load a GGUF diffusion model (Z-Image Turbo and others) with on-the-fly dequantization."
+    DESCRIPTION = ("Load a GGUF diffusion model (Z-Image Turbo and others ComfyUI knows), like the GGUF Unet "
+                   "loader, keeping the weights quantized in memory.")
 
     def load_unet(self, unet_name, dequant_dtype="auto", patch_on_device=False):
         import comfy.model_management
@@ -99,6 +165,10 @@ class ZImageGGUFDiffusionModelLoader:
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
         return (load_diffusion_gguf(path, DTYPE_CHOICES[dequant_dtype], patch_on_device,
                                     comfy.model_management.get_torch_device()),)
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def load_diffusion_gguf(path, dequant_dtype=None, patch_on_device=False, device=None):
@@ -117,13 +187,16 @@ def load_diffusion_gguf(path, dequant_dtype=None, patch_on_device=False, device=
         state_dict, model_options={"custom_operations": ops}, disable_dynamic=True)
     if patcher is None:
         raise ModelDetectionError(
-            f"{path}: ComfyUI did not recognise the {info.display_name} model in this file "
-            f"({len(names)} tensors under prefix '{info.prefix}')")
+            f"ComfyUI did not recognise the {info.display_name} model in {os.path.basename(path)}: "
+            "is your ComfyUI recent enough for it?\n"
+            f"{path}: {len(names)} tensors under prefix '{info.prefix}'")
     patcher = as_gguf_patcher(patcher, patch_on_device)
     if info.caption_width:
         _install_caption_check(patcher, path, info)
-    log.info("Z-Image GGUF: %s: %s (%s style), %s, compute %s", os.path.basename(path), info.display_name,
-             info.style, stats.summary(), str(choice.compute).replace("torch.", ""))
+    compute = patcher.model.get_dtype_inference()
+    patches = f", LoRA patches in {_dtype_name(dequant_dtype and choice.dequant)}" if dequant_dtype else ""
+    log.info("Z-Image GGUF: %s: %s, %s; ComfyUI computes in %s (weights dequantized per layer to it%s)",
+             os.path.basename(path), info.display_name, stats.summary(), _dtype_name(compute), patches)
     return patcher
 
 
@@ -131,23 +204,27 @@ def _install_caption_check(patcher, path, info):
     """Stop a wrong text encoder before sampling starts, instead of `mat1 and mat2` inside the model."""
     import comfy.patcher_extension as ext
 
-    def check(width):
+    model_file = os.path.basename(path)
+
+    def check(width, encoder=None):
         if width == info.caption_width:
             return
-        encoder, family = _ENCODER_FILES_BY_WIDTH.get(width, ("the text encoder in use", None))
-        check_encoder_matches_model(encoder, width, os.path.basename(path),
-                                    COMPAT_FAMILY.get(info.family, info.family), info.caption_width,
-                                    encoder_family=family)
-        raise IncompatibleModelError(
-            f"{os.path.basename(path)} ({info.display_name}) takes {info.caption_width}-wide text features; "
-            f"{encoder} gives {width}")
+        encoder = encoder or {}
+        stacked = info.caption_width // encoder["width"] if encoder.get("width") else 1
+        check_encoder_matches_model(
+            encoder.get("file", "the text encoder in use"), encoder.get("width") or width, model_file, info.family,
+            info.caption_width, encoder_family=encoder.get("family"), encoder_display=encoder.get("display"),
+            model_display=info.display_name)
+        raise IncompatibleModelError(  # the table accepted the encoder, yet the features do not fit
+            f"{model_file} ({info.display_name}) takes {info.caption_width}-wide text features, but got {width}: "
+            f"check the text encoder.\nText encoder: {encoder.get('file', 'unknown')} (x{stacked} layers)")
 
     def outer_sample(executor, *args, **kwargs):
         for conds in (getattr(executor.class_obj, "conds", None) or {}).values():
             for cond in conds or ():
                 features = cond.get("cross_attn") if isinstance(cond, dict) else None
                 if isinstance(features, torch.Tensor):
-                    check(features.shape[-1])
+                    check(features.shape[-1], cond.get(ENCODER_TAG))
         return executor(*args, **kwargs)
 
     def diffusion_model(executor, x, timesteps, context=None, *args, **kwargs):
@@ -162,22 +239,24 @@ def _install_caption_check(patcher, path, info):
 class ZImageGGUFTextEncoderLoader:
     """Loads a text encoder from a llama.cpp-format GGUF (Qwen3, Qwen2.5(-VL), Llama) or safetensors."""
 
+    SEARCH_ALIASES = [
+        "clip gguf", "text encoder gguf", "qwen gguf", "gguf loader", "gguf clip", "clip loader gguf",
+        "load clip gguf", "qwen3 gguf", "qwen3-4b", "CLIPLoaderGGUF", "z-image", "zimage", "z-image turbo",
+    ]
+
     @classmethod
     def INPUT_TYPES(cls):
         import folder_paths
 
-        files = sorted(set(_gguf_files("text_encoders")) | set(folder_paths.get_filename_list("text_encoders")))
+        files = sorted(set(_gguf_files("text_encoders", TEXT_ENCODER)) | set(folder_paths.get_filename_list("text_encoders")))
+        tips = TEXT_ENCODER_TOOLTIPS
         return {
             "required": {
-                "clip_name": (files, {
-                    "tooltip": "Text encoder from models/text_encoders or models/clip: a llama.cpp GGUF "
-                               "(e.g. Qwen3-4B for Z-Image) or a safetensors file."}),
-                "type": (CLIP_TYPES, {
-                    "default": "lumina2",
-                    "tooltip": "Which model family the encoder serves; lumina2 covers Z-Image (Qwen3-4B)."}),
+                "clip_name": (files, {"tooltip": tips["clip_name"]}),
+                "type": (CLIP_TYPES, {"default": "lumina2", "tooltip": tips["type"]}),
             },
             "optional": {
-                "device": (["default", "cpu"], {"advanced": True, "tooltip": "cpu: run the encoder on the CPU."}),
+                "device": (["default", "cpu"], {"advanced": True, "tooltip": tips["device"]}),
             },
         }
 
@@ -185,7 +264,8 @@ class ZImageGGUFTextEncoderLoader:
     OUTPUT_TOOLTIPS = ("The text encoder; GGUF weights stay quantized.",)
     FUNCTION = "load_clip"
     CATEGORY = "loaders/Z-Image GGUF"
-    DESCRIPTION = "Load a text encoder from a llama.cpp GGUF, with its config read from the file's metadata."
+    DESCRIPTION = ("Load a text encoder (CLIP) from a llama.cpp GGUF such as Qwen3-4B, like the GGUF CLIP loader, "
+                   "with its config read from the file.")
 
     def load_clip(self, clip_name, type="lumina2", device="default"):
         import comfy.model_management
@@ -207,15 +287,17 @@ def load_text_encoder(path, clip_type="lumina2", model_options=None, device=None
     clip_type_enum = getattr(comfy.sd.CLIPType, clip_type.upper(), comfy.sd.CLIPType.STABLE_DIFFUSION)
     embeddings = folder_paths.get_folder_paths("embeddings")
     if not path.lower().endswith(".gguf"):
-        return comfy.sd.load_clip(ckpt_paths=[path], embedding_directory=embeddings, clip_type=clip_type_enum,
+        clip = comfy.sd.load_clip(ckpt_paths=[path], embedding_directory=embeddings, clip_type=clip_type_enum,
                                   model_options=model_options)
+        tag_encoder(clip, {"file": os.path.basename(path)})
+        return clip
 
     gguf_file = load_gguf(path)
     shapes = gguf_file.shapes
     arch = detect_text_encoder(gguf_file.metadata, shapes, path)
     config = encoder_config(arch, gguf_file.metadata, shapes, path)
     known = comfy_te_model(config)
-    _check_clip_type(path, clip_type, known)
+    check_clip_type(os.path.basename(path), clip_type, known)
     names = {hf: cpp for cpp, hf in hf_names(arch, shapes, path).items()}
     choice = dtype_for(device or "cpu")
     state_dict, stats = build_state_dict(gguf_file, choice.compute, names=names, progress=_progress_bar())
@@ -229,21 +311,38 @@ def load_text_encoder(path, clip_type="lumina2", model_options=None, device=None
                                                   clip_type=clip_type_enum, model_options=model_options,
                                                   disable_dynamic=True)
     clip.patcher = as_gguf_patcher(clip.patcher)
-    _ENCODER_FILES_BY_WIDTH[config.hidden_size] = (os.path.basename(path), config.family)
-    log.info("Z-Image GGUF: %s: %s text encoder (%s, %d layers, %d wide), %s, compute %s", os.path.basename(path),
-             known.display, arch.arch, config.n_layers, config.hidden_size, stats.summary(),
-             str(choice.compute).replace("torch.", ""))
+    tag_encoder(clip, {"file": os.path.basename(path), "display": known.display, "family": config.family,
+                       "width": config.hidden_size})
+    log.info("Z-Image GGUF: %s: %s text encoder (%d layers, %d wide), %s; ComfyUI computes in %s "
+             "(weights dequantized per layer to it)", os.path.basename(path), known.display, config.n_layers,
+             config.hidden_size, stats.summary(), _dtype_name(_clip_compute_dtype(clip)))
     return clip
 
 
-def _check_clip_type(path, clip_type, known):
-    expected = CLIP_TYPE_ENCODERS.get(clip_type)
-    if expected and known.display not in expected:
-        better = [t for t, encoders in CLIP_TYPE_ENCODERS.items() if known.display in encoders]
-        hint = f"pick type '{better[0]}' for this encoder, or " if better else ""
-        raise IncompatibleModelError(
-            f"{os.path.basename(path)} is a {known.display} text encoder ({known.width} wide), but type "
-            f"'{clip_type}' expects {' or '.join(expected)}: {hint}load a {expected[0]} encoder for '{clip_type}'")
+def _clip_compute_dtype(clip):
+    """The dtype ComfyUI's text-encoder code computes in: its patcher's forced cast, else the model's."""
+    forced = clip.patcher.object_patches.get("manual_cast_dtype")
+    if forced is not None:
+        return forced
+    return next(iter(getattr(clip.cond_stage_model, "dtypes", None) or ()), None) or clip.patcher.model_dtype()
+
+
+def tag_encoder(clip, encoder: dict) -> None:
+    """Make every conditioning this CLIP encodes carry `encoder` (file, model, family, width) under ENCODER_TAG.
+
+    The tag is set on the CLIP's text model, which ComfyUI's CLIP.clone() shares, so clones made by
+    LoRA loaders or CLIP Set Last Layer keep it; each loaded encoder has its own text model.
+    """
+    model = clip.cond_stage_model
+    encode = model.encode_token_weights
+
+    def encode_token_weights(token_weight_pairs):
+        out = encode(token_weight_pairs)
+        extra = dict(out[2]) if len(out) > 2 and isinstance(out[2], dict) else {}
+        extra[ENCODER_TAG] = dict(encoder)
+        return (out[0], out[1], extra) + tuple(out[3:])
+
+    model.encode_token_weights = encode_token_weights
 
 
 def _unpermute(tensor, n_heads):
@@ -260,6 +359,6 @@ NODE_CLASS_MAPPINGS = {
     "ZImageGGUFTextEncoderLoader": ZImageGGUFTextEncoderLoader,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "ZImageGGUFDiffusionModelLoader": "Load Diffusion Model (GGUF, Z-Image pack)",
-    "ZImageGGUFTextEncoderLoader": "Load Text Encoder (GGUF, Z-Image pack)",
+    "ZImageGGUFDiffusionModelLoader": DIFFUSION_LOADER,
+    "ZImageGGUFTextEncoderLoader": TEXT_ENCODER_LOADER,
 }

@@ -34,7 +34,7 @@ def test_inspect_reports_bad_files_and_exits_non_zero(tmp_path, capsys):
     bad.write_bytes(b"PK\x03\x04 definitely not gguf")
     assert main(["inspect", str(bad), str(tmp_path / "missing.gguf")]) == 1
     out = capsys.readouterr().out
-    assert f"error: {bad}: not a valid GGUF file" in out
+    assert "error: notgguf.gguf is not a valid GGUF file" in out and f"{bad}: not a valid GGUF file" in out
     assert "missing.gguf: no such file" in out
 
 

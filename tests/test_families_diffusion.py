@@ -163,9 +163,13 @@ LLAMA_CPP_ENCODER = {
 def test_text_encoder_gguf_is_refused_with_a_pointer_to_the_text_encoder_loader():
     with pytest.raises(ModelDetectionError) as caught:
         detect_diffusion_model({"general.architecture": "qwen3"}, LLAMA_CPP_ENCODER, source="/m/Qwen3-4B-Q4_K_M.gguf")
-    message = str(caught.value)
-    assert message.startswith("/m/Qwen3-4B-Q4_K_M.gguf: ")
-    assert "text encoder" in message and "text-encoder" in message and "'qwen3'" in message
+    first, *details = str(caught.value).splitlines()
+    assert first == ("Qwen3-4B-Q4_K_M.gguf is a text encoder: "
+                     "load it with 'Load Text Encoder (GGUF, Z-Image pack)' from models/text_encoders.")
+    assert len(first) <= 120
+    assert details[0] == ("It is not a diffusion model. Move the file into ComfyUI/models/text_encoders: "
+                          "'Load Text Encoder (GGUF, Z-Image pack)' lists only that folder.")
+    assert "/m/Qwen3-4B-Q4_K_M.gguf" in details[1] and "'qwen3'" in details[1]
 
 
 def test_transformers_named_text_encoder_without_metadata_is_refused():
@@ -176,7 +180,8 @@ def test_transformers_named_text_encoder_without_metadata_is_refused():
 
 def test_vae_is_refused_with_a_pointer_to_load_vae():
     shapes = {spec.name: spec.shape for spec in factory.flux_vae_specs()}
-    with pytest.raises(ModelDetectionError, match="ae.gguf: this is a VAE .*Load VAE"):
+    with pytest.raises(ModelDetectionError, match="ae.gguf is a VAE: load it with 'Load VAE' "
+                                                  "from models/vae.\nIt is not a diffusion model. Move the file into ComfyUI/models/vae"):
         detect_diffusion_model(None, shapes, source="ae.gguf")
 
 

@@ -519,7 +519,9 @@ def test_malformed_file_raises_format_error_naming_file_and_problem(corrupt, val
     with pytest.raises(GGUFFormatError) as info:
         load_gguf(path)
     message = str(info.value)
-    assert message.startswith(f"{path}: not a valid GGUF file: "), message
+    first, detail = message.split("\n", 1)
+    assert first == f"{path.name} is not a valid GGUF file: download it again (damaged or incomplete?)", message
+    assert detail.startswith(f"{path}: not a valid GGUF file: "), message
     assert MALFORMED[corrupt] in message, message
     assert info.value.path == str(path)
 

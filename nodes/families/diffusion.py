@@ -12,10 +12,13 @@ Two kinds of Z-Image GGUF circulate and both must load:
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ...errors import ModelDetectionError
+from . import TEXT_ENCODER_FOLDER, TEXT_ENCODER_LOADER
+from .pairing import caption_encoder
 
 Shape = tuple[int, ...]
 
@@ -52,7 +55,6 @@ class DiffusionSignature:
     caption_key: str | None = None
     caption_dim: int = 1
     caption_widths: tuple[int, ...] = ()
-    caption_encoder: str | None = None
     key_format: str = "comfy"
 
     def matches(self, shapes: Mapping[str, Shape]) -> bool:
@@ -80,88 +82,81 @@ _UNET = "input_blocks.0.0.weight"
 # First match wins: more specific rows come before the rows they refine.
 DIFFUSION_SIGNATURES: tuple[DiffusionSignature, ...] = (
     DiffusionSignature("zimage_pixel", "Z-Image (pixel space)", _NEXTDIT + ("dec_net.cond_embed.weight",),
-                       width_key="cap_embedder.1.weight", widths=(3840,), caption_key="cap_embedder.1.weight",
-                       caption_encoder="Qwen3-4B"),
+                       width_key="cap_embedder.1.weight", widths=(3840,), caption_key="cap_embedder.1.weight"),
     DiffusionSignature("zimage", "Z-Image", _NEXTDIT, width_key="cap_embedder.1.weight", widths=(3840,),
-                       caption_key="cap_embedder.1.weight", caption_encoder="Qwen3-4B"),
+                       caption_key="cap_embedder.1.weight"),
     DiffusionSignature("lumina2", "Lumina Image 2.0", _NEXTDIT, width_key="cap_embedder.1.weight", widths=(2304,),
-                       caption_key="cap_embedder.1.weight", caption_encoder="Gemma-2-2B"),
+                       caption_key="cap_embedder.1.weight"),
     DiffusionSignature("nextdit", "NextDiT (Lumina 2 / Z-Image layout) of an unrecognised width", _NEXTDIT,
                        width_key="cap_embedder.1.weight", caption_key="cap_embedder.1.weight"),
     DiffusionSignature("zimage", "Z-Image (diffusers names)", _NEXTDIT_DIFFUSERS, width_key="cap_embedder.1.weight",
-                       widths=(3840,), caption_key="cap_embedder.1.weight", caption_encoder="Qwen3-4B",
+                       widths=(3840,), caption_key="cap_embedder.1.weight",
                        key_format="diffusers"),
     DiffusionSignature("qwen_image", "Qwen-Image", ("txt_norm.weight", "img_in.weight", "txt_in.weight"),
-                       width_key="img_in.weight", caption_key="txt_in.weight", caption_encoder="Qwen2.5-VL-7B"),
+                       width_key="img_in.weight", caption_key="txt_in.weight"),
     DiffusionSignature("hunyuan_video", "HunyuanVideo", ("txt_in.individual_token_refiner.blocks.0.norm1.weight",),
-                       width_key="img_in.proj.weight", caption_key="txt_in.input_embedder.weight",
-                       caption_encoder="LLaVA-LLaMA-3-8B + CLIP-L"),
+                       width_key="img_in.proj.weight", caption_key="txt_in.input_embedder.weight"),
     DiffusionSignature("flux2", "FLUX.2", _FLUX_BLOCKS + ("double_stream_modulation_img.lin.weight",),
                        width_key="img_in.weight", caption_key="txt_in.weight"),
     DiffusionSignature("chroma", "Chroma", _FLUX_BLOCKS + ("distilled_guidance_layer.in_proj.weight",),
-                       width_key="img_in.weight", caption_key="txt_in.weight", caption_encoder="T5-XXL"),
-    DiffusionSignature("flux", "FLUX.1", _FLUX_BLOCKS, width_key="img_in.weight", caption_key="txt_in.weight",
-                       caption_encoder="T5-XXL + CLIP-L"),
+                       width_key="img_in.weight", caption_key="txt_in.weight"),
+    DiffusionSignature("flux", "FLUX.1", _FLUX_BLOCKS, width_key="img_in.weight", caption_key="txt_in.weight"),
     DiffusionSignature("sd3", "Stable Diffusion 3", ("joint_blocks.0.context_block.attn.qkv.weight",),
-                       width_key="x_embedder.proj.weight", caption_key="context_embedder.weight",
-                       caption_encoder="CLIP-L + CLIP-G + T5-XXL"),
+                       width_key="x_embedder.proj.weight", caption_key="context_embedder.weight"),
     DiffusionSignature("sd3", "Stable Diffusion 3 (diffusers names)",
                        ("transformer_blocks.0.attn.add_q_proj.weight", "pos_embed.proj.weight"),
-                       width_key="pos_embed.proj.weight", caption_key="context_embedder.weight",
-                       caption_encoder="CLIP-L + CLIP-G + T5-XXL", key_format="diffusers"),
+                       width_key="pos_embed.proj.weight", caption_key="context_embedder.weight", key_format="diffusers"),
     DiffusionSignature("flux", "FLUX.1 (diffusers names)",
                        ("transformer_blocks.0.attn.norm_added_k.weight", "single_transformer_blocks.0.proj_out.weight",
                         "x_embedder.weight"),
-                       width_key="x_embedder.weight", caption_key="context_embedder.weight",
-                       caption_encoder="T5-XXL + CLIP-L", key_format="diffusers"),
+                       width_key="x_embedder.weight", caption_key="context_embedder.weight", key_format="diffusers"),
     DiffusionSignature("wan", "Wan", ("head.modulation", "blocks.0.self_attn.norm_q.weight"),
-                       width_key="patch_embedding.weight", caption_key="text_embedding.0.weight",
-                       caption_encoder="umT5-XXL"),
+                       width_key="patch_embedding.weight", caption_key="text_embedding.0.weight"),
     DiffusionSignature("hidream", "HiDream-I1",
-                       ("caption_projection.0.linear.weight", "double_stream_blocks.0.block.ff_i.shared_experts.w3.weight"),
-                       caption_encoder="Llama-3.1-8B + T5-XXL + CLIP-L + CLIP-G"),
+                       ("caption_projection.0.linear.weight", "double_stream_blocks.0.block.ff_i.shared_experts.w3.weight")),
     DiffusionSignature("pixart", "PixArt", ("adaln_single.emb.timestep_embedder.linear_1.bias", "pos_embed.proj.bias"),
-                       caption_key="y_embedder.y_proj.fc1.weight", caption_encoder="T5-XXL"),
+                       caption_key="y_embedder.y_proj.fc1.weight"),
     DiffusionSignature("ltxv", "LTX-Video", ("adaln_single.emb.timestep_embedder.linear_1.bias",),
                        absent=("pos_embed.proj.bias",), width_key="patchify_proj.weight",
-                       caption_key="caption_projection.linear_1.weight", caption_encoder="T5-XXL"),
-    DiffusionSignature("cosmos", "Cosmos Predict2", ("blocks.0.mlp.layer1.weight", "blocks.0.adaln_modulation_cross_attn.1.weight"),
-                       caption_encoder="T5-XXL"),
-    DiffusionSignature("cosmos", "Cosmos 1", ("blocks.block0.blocks.0.block.attn.to_q.0.weight",),
-                       caption_encoder="T5-XXL"),
+                       caption_key="caption_projection.linear_1.weight"),
+    DiffusionSignature("cosmos", "Cosmos Predict2", ("blocks.0.mlp.layer1.weight", "blocks.0.adaln_modulation_cross_attn.1.weight")),
+    DiffusionSignature("cosmos", "Cosmos 1", ("blocks.block0.blocks.0.block.attn.to_q.0.weight",)),
     DiffusionSignature("aura_flow", "AuraFlow", ("double_layers.0.attn.w1q.weight",),
-                       width_key="cond_seq_linear.weight", caption_key="cond_seq_linear.weight",
-                       caption_encoder="Pile-T5-XL"),
+                       width_key="cond_seq_linear.weight", caption_key="cond_seq_linear.weight"),
     DiffusionSignature("aura_flow", "AuraFlow (diffusers names)", ("joint_transformer_blocks.0.attn.add_k_proj.weight",),
-                       caption_key="context_embedder.weight", caption_encoder="Pile-T5-XL", key_format="diffusers"),
+                       caption_key="context_embedder.weight", key_format="diffusers"),
     DiffusionSignature("sdxl", "Stable Diffusion XL", (_UNET, "label_emb.0.0.weight"), width_key=_UNET,
-                       caption_key="input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight",
-                       caption_encoder="CLIP-L + CLIP-G"),
+                       caption_key="input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"),
     DiffusionSignature("sd1", "Stable Diffusion 1.x", (_UNET, "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"),
                        width_key=_UNET, caption_key="input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
-                       caption_widths=(768,), caption_encoder="CLIP-L"),
+                       caption_widths=(768,)),
     DiffusionSignature("sd2", "Stable Diffusion 2.x", (_UNET, "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"),
                        width_key=_UNET, caption_key="input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
-                       caption_widths=(1024,), caption_encoder="OpenCLIP-H"),
+                       caption_widths=(1024,)),
     DiffusionSignature("sdxl", "Stable Diffusion XL (diffusers names)",
                        ("down_blocks.0.downsamplers.0.conv.weight", "add_embedding.linear_1.weight"),
                        width_key="conv_in.weight",
-                       caption_key="down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight",
-                       caption_encoder="CLIP-L + CLIP-G", key_format="diffusers"),
+                       caption_key="down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight", key_format="diffusers"),
     DiffusionSignature("sd1", "Stable Diffusion 1.x (diffusers names)",
                        ("down_blocks.0.downsamplers.0.conv.weight", "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"),
                        width_key="conv_in.weight",
                        caption_key="down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",
-                       caption_widths=(768,), caption_encoder="CLIP-L", key_format="diffusers"),
+                       caption_widths=(768,), key_format="diffusers"),
 )
 
 
 @dataclass(frozen=True)
 class OtherComponent:
-    """A kind of file that is not a diffusion model, recognised to say which loader it needs."""
+    """A kind of file that is not a diffusion model, recognised to say which node and folder it needs.
+
+    `use` is the node to load it with, `folder` where that node lists files from ("" when it is
+    not needed at all); `advice` replaces the move-it line for files no loader here needs.
+    """
 
     kind: str
-    advice: str
+    use: str
+    folder: str = ""
+    advice: str = ""
     any_keys: tuple[str, ...] = ()
     architectures: frozenset[str] = frozenset()
     general_types: frozenset[str] = frozenset()
@@ -174,22 +169,35 @@ class OtherComponent:
         )
 
 
-_TEXT_ENCODER_ADVICE = "load it with the text-encoder (CLIP) GGUF loader, not the diffusion-model loader"
-
 OTHER_COMPONENTS: tuple[OtherComponent, ...] = (
-    OtherComponent("vision projector (mmproj)", "it is not needed for Z-Image; pick the text encoder GGUF instead",
+    OtherComponent("vision projector (mmproj)", TEXT_ENCODER_LOADER,
+                   advice="Z-Image does not need it: give the text-encoder loader the LLM GGUF (the file without "
+                          "'mmproj' in its name) and leave this file out.",
                    general_types=frozenset({"mmproj", "clip-vision"})),
-    OtherComponent("text encoder", _TEXT_ENCODER_ADVICE,
+    OtherComponent("text encoder", TEXT_ENCODER_LOADER, TEXT_ENCODER_FOLDER,
                    any_keys=("token_embd.weight", "blk.0.attn_q.weight",  # llama.cpp names
                              "model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",  # transformers
                              "encoder.block.0.layer.0.SelfAttention.q.weight", "enc.blk.0.attn_q.weight",  # T5
                              "text_model.encoder.layers.0.self_attn.q_proj.weight"),  # CLIP
                    architectures=frozenset({"llama", "qwen2", "qwen2vl", "qwen3", "qwen3vl", "gemma", "gemma2",
                                             "gemma3", "mistral3", "t5", "t5encoder", "clip"})),
-    OtherComponent("VAE", "load it with ComfyUI's Load VAE node",
+    OtherComponent("VAE", "Load VAE", "models/vae",
                    any_keys=("decoder.conv_in.weight", "first_stage_model.decoder.conv_in.weight",
                              "vae.decoder.conv_in.weight")),
 )
+
+
+def wrong_file_message(name: str, kind: str, wanted: str, use: str, folder: str, advice: str = "",
+                       details: str = "") -> str:
+    """'<file> is a <kind>: load it with '<node>' from <folder>.' then what to do with the file."""
+    where = f" from {folder}." if folder else "."
+    head = f"{name} is a {kind}: load it with '{use}'{where}"
+    lines = [head if len(head) <= 120 else f"This file is a {kind}: load it with '{use}'{where}"]
+    lines.append(f"It is not a {wanted}. " + (
+        advice or f"Move the file into ComfyUI/{folder}: '{use}' lists only that folder."))
+    if details:
+        lines.append(details)
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -257,7 +265,8 @@ def detect_diffusion_model(
     architecture = _metadata_string(metadata, "general.architecture")
     general_type = _metadata_string(metadata, "general.type")
     if not tensor_shapes:
-        raise ModelDetectionError(f"{source}: the file holds no tensors, so it holds no model")
+        raise ModelDetectionError(f"{os.path.basename(str(source))} holds no tensors, so no model: download it again.\n"
+                                  f"{source}: the file holds no tensors")
 
     key_map = normalize_diffusion_keys(tensor_shapes)
     shapes = {new: tuple(int(d) for d in tensor_shapes[old]) for new, old in key_map.items()}
@@ -282,22 +291,24 @@ def detect_diffusion_model(
                 architecture=architecture,
                 width=_dim(shapes, signature.width_key, 0),
                 caption_width=caption_width,
-                caption_encoder=signature.caption_encoder,
+                caption_encoder=caption_encoder(signature.family),
                 n_tensors=len(shapes),
                 other_tensors=len(tensor_shapes) - len(shapes),
             )
 
+    name = os.path.basename(str(source))
     for component in OTHER_COMPONENTS:
         if component.matches(tensor_shapes, architecture, general_type):
             found = f"architecture '{architecture}'" if architecture else "its tensor names"
-            raise ModelDetectionError(
-                f"{source}: this is a {component.kind} ({found}), not a diffusion model; {component.advice}"
-            )
+            raise ModelDetectionError(wrong_file_message(
+                name, component.kind, "diffusion model", component.use, component.folder, component.advice,
+                f"{source}: a {component.kind} by {found}."))
 
     sample = ", ".join(sorted(tensor_shapes)[:6])
     known = ", ".join(dict.fromkeys(s.display_name for s in DIFFUSION_SIGNATURES if s.key_format == "comfy"))
     arch_note = f" (general.architecture = '{architecture}')" if architecture else " (no general.architecture)"
     raise ModelDetectionError(
+        f"{name} holds no diffusion model this loader knows: check that it is a diffusion model GGUF.\n"
         f"{source}: no known diffusion model matches its {len(tensor_shapes)} tensors{arch_note}; "
         f"names found include: {sample}. Known models: {known}"
     )

@@ -10,12 +10,14 @@ tensor shapes and hands ComfyUI the matching dataclass kwargs.
 """
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ...errors import IncompatibleModelError, ModelDetectionError
-from .diffusion import CITY96_ARCHITECTURES, find_diffusion_prefix
+from . import DIFFUSION_FOLDER, DIFFUSION_LOADER
+from .diffusion import CITY96_ARCHITECTURES, find_diffusion_prefix, wrong_file_message
 from .pairing import KNOWN_ENCODERS, KnownEncoder, encoders_of_width
 
 
@@ -42,7 +44,6 @@ ENCODER_ARCHS: dict[str, EncoderArch] = {
 }
 
 VISION_PROJECTOR_ARCH = "clip"  # llama.cpp mmproj files
-DIFFUSION_LOADER = "Load Diffusion Model (GGUF, Z-Image pack)"
 
 # ---------------------------------------------------------------------------------------------
 # Tensor names
@@ -363,19 +364,21 @@ def detect_text_encoder(metadata: Mapping, tensor_names: Iterable[str], path="")
             f"(token_embd.weight, blk.0.attn_q.weight); found {_sample(names)}"
         )
     sdcpp_diffusion = find_diffusion_prefix(names) == "model.diffusion_model."
+    name = os.path.basename(str(path)) or "this file"
     if arch in CITY96_ARCHITECTURES or sdcpp_diffusion:
         found = f"general.architecture = '{arch}'" if arch in CITY96_ARCHITECTURES else "tensors named model.diffusion_model.*"
-        raise ModelDetectionError(
-            f"{path} is a diffusion model GGUF ({found}), not a text encoder: load it with '{DIFFUSION_LOADER}', "
-            "and give the text-encoder loader an LLM GGUF such as Qwen3-4B-Instruct-2507-Q4_K_M.gguf."
-        )
+        raise ModelDetectionError(wrong_file_message(
+            name, "diffusion model", "text encoder", DIFFUSION_LOADER, DIFFUSION_FOLDER,
+            details=f"{path}: a diffusion model GGUF ({found}). This loader takes an LLM GGUF such as "
+                    "Qwen3-4B-Instruct-2507-Q8_0.gguf."))
     if arch == VISION_PROJECTOR_ARCH:
         raise ModelDetectionError(
-            f"{path} is a llama.cpp vision projector (mmproj) file, not a text model: load the matching LLM GGUF "
-            "(the file without 'mmproj' in its name) in the text-encoder loader."
+            f"{name} is a vision projector (mmproj), not a text model: load the LLM GGUF without 'mmproj' in its name.\n"
+            f"{path}: general.architecture = 'clip' (a llama.cpp mmproj file); Z-Image does not need it."
         )
     what = f"general.architecture = '{arch}'" if arch is not None else "no general.architecture key"
     raise ModelDetectionError(
+        f"{name} is not a text encoder this loader supports: use a Qwen3, Qwen2.5 or Llama GGUF from llama.cpp.\n"
         f"{path}: {what} is not a text encoder this loader supports (supported llama.cpp archs: {supported}); "
         f"the file has {len(names)} tensors: {_sample(names)}"
     )
