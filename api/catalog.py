@@ -16,7 +16,7 @@ from .workflow_params import WorkflowError, load_api_workflow
 
 WORKFLOWS_ENV = "ZIMAGE_GGUF_API_WORKFLOWS"
 DEFAULT_SUBFOLDER = Path("zimage-gguf") / "api-workflows"
-PACK_WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+PACK_WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows" / "api"
 
 log = logging.getLogger("comfyui_zimage_gguf.api")
 
@@ -66,7 +66,9 @@ class WorkflowCatalog:
         for folder, report_skips in ((self.pack_folder, False), (self.user_folder, True)):
             if folder is None or not folder.is_dir():
                 continue
-            for path in sorted(folder.glob("*.json")):
+            # The pack keeps API-format files in a subfolder; a user's folder is read flat.
+            paths = folder.rglob("*.json") if folder == self.pack_folder else folder.glob("*.json")
+            for path in sorted(paths):
                 workflow = self._load(path, report_skips)
                 if workflow is not None:
                     served[workflow.id] = workflow

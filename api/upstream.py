@@ -137,11 +137,13 @@ class HttpBackend(Backend):
                 status=503,
                 code="no_server",
             )
-        # Requests picked at the same moment see the same queues; count this bridge's own jobs too.
+        # Requests picked at the same moment see the same queues; count this bridge's own jobs too,
+        # reserved here, before any await, so the next pick already sees this one.
         _, upstream = min(
             answering,
             key=lambda pair: (max(pair[0], pair[1].in_flight), pair[1].in_flight, self.upstreams.index(pair[1])),
         )
+        upstream.in_flight += 1
         return upstream
 
     # --- jobs -----------------------------------------------------------------------------------------
@@ -162,16 +164,18 @@ class HttpBackend(Backend):
                     status = response.status
                     body = await response.json(content_type=None)
             except CONNECTION_ERRORS as error:
+                upstream.in_flight -= 1
                 self._mark_down(upstream, error)
                 continue
             except ValueError:
+                upstream.in_flight -= 1
                 raise rejection_error(f"{upstream.base_url}/prompt answered HTTP {status} with non-JSON") from None
             if status != 200 or not isinstance(body, dict) or "prompt_id" not in body:
+                upstream.in_flight -= 1
                 raise rejection_error(body)
             if job.upstream is not None:
                 job.upstream.in_flight -= 1
             job.upstream, job.prompt_id = upstream, str(body["prompt_id"])
-            upstream.in_flight += 1
             return
 
     async def wait(self, job: Job) -> dict:
@@ -188,7 +192,7 @@ class HttpBackend(Backend):
                     )
                     await self._submit_somewhere(job)
         finally:
-            job.upstream.in_flight = max(job.upstream.in_flight - 1, 0)
+            job.upstream.in_flight -= 1
 
     async def _history_entry(self, upstream: Upstream, prompt_id: str):
         path = f"/history/{urllib.parse.quote(prompt_id, safe='')}"

@@ -14,9 +14,9 @@ from helpers.api_client import MODEL, call, generate, start_api, start_fake
 from helpers.fake_comfyui import expected_colour
 from helpers.png import png_size, solid_png_colour
 
-from comfyui_zimage_gguf.api.catalog import PACK_WORKFLOWS
+from comfyui_zimage_gguf.api.catalog import WorkflowCatalog
 
-API_WORKFLOW = PACK_WORKFLOWS / f"{MODEL}.json"
+API_WORKFLOW = WorkflowCatalog(None).workflows()[MODEL].path
 
 
 @pytest.fixture
