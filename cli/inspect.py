@@ -1,79 +1,151 @@
-"""`python -m comfyui_zimage_gguf inspect FILE`: what a GGUF holds and what it pairs with (no ComfyUI)."""
+"""`python -m comfyui_zimage_gguf inspect FILE...`: what a GGUF holds, in a user's words (no ComfyUI).
+
+For each file: the model, its quant mix, its size, which node (and `type`) loads it and from which
+folder, and what it pairs with or why it does not fit Z-Image. `--json` prints the same as a list
+of objects for scripts.
+"""
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 
 from ..errors import ModelDetectionError, ZImageGGUFError
+from ..nodes.families import DIFFUSION_FOLDER, DIFFUSION_LOADER, TEXT_ENCODER_FOLDER, TEXT_ENCODER_LOADER
 from ..nodes.families.diffusion import detect_diffusion_model
-from ..nodes.families.pairing import DIFFUSION_MODELS, KNOWN_ENCODERS, describe_width
-from ..ops.reader import load_gguf
+from ..nodes.families.pairing import DIFFUSION_MODELS, ENCODERS_BY_DISPLAY, models_taking
 from ..nodes.families.text_encoders import ENCODER_ARCHS, comfy_te_model, detect_text_encoder, encoder_config
+from ..ops.reader import load_gguf
 
-DIFFUSION_LOADER = "Load Diffusion Model (GGUF, Z-Image pack)"
-TEXT_ENCODER_LOADER = "Load Text Encoder (GGUF, Z-Image pack)"
+ZIMAGE = DIFFUSION_MODELS["zimage"]
+CONVERSIONS = {"city96": "converted with city96's tool", "sdcpp": "converted with stable-diffusion.cpp"}
 
 
-def describe(path) -> list[str]:
-    gguf_file = load_gguf(path)
-    shapes = gguf_file.shapes
-    types = Counter(info.ggml_type.name for info in gguf_file.tensors.values())
-    size = sum(info.n_bytes for info in gguf_file.tensors.values())
-    lines = [
-        f"file:         {path}",
-        f"GGUF:         v{gguf_file.version}, {len(gguf_file.metadata)} metadata keys, {len(shapes)} tensors, "
-        f"{size / 2**30:.2f} GiB of tensor data",
-        f"architecture: {gguf_file.architecture or '(none: no general.architecture key)'}",
-        "tensor types: " + ", ".join(f"{name} x{count}" for name, count in types.most_common()),
-    ]
-    if gguf_file.architecture in ENCODER_ARCHS:
-        arch = detect_text_encoder(gguf_file.metadata, shapes, path)
-        config = encoder_config(arch, gguf_file.metadata, shapes, path)
-        try:
-            known = comfy_te_model(config)
-        except ModelDetectionError as error:
-            known, holds = None, f"a {arch.arch} text model that ComfyUI has no encoder for ({error})"
+def _quant_mix(gguf_file) -> tuple[dict, str]:
+    by_bytes, counts = Counter(), Counter()
+    for info in gguf_file.tensors.values():
+        by_bytes[info.ggml_type.name] += info.n_bytes
+        counts[info.ggml_type.name] += 1
+    total = sum(by_bytes.values()) or 1
+    ordered = [name for name, _ in by_bytes.most_common()]
+    def share(name):
+        percent = 100 * by_bytes[name] / total
+        return f"{percent:.1f}%" if percent >= 0.1 else "<0.1%"
+
+    text = ", ".join(f"{name} {share(name)}" for name in ordered)
+    return {name: {"tensors": counts[name], "bytes": by_bytes[name]} for name in ordered}, text + " of the weights"
+
+
+def describe(path) -> dict:
+    """Everything `inspect` says about one file, as plain data."""
+    with load_gguf(path) as gguf_file:
+        shapes = gguf_file.shapes
+        mix, mix_text = _quant_mix(gguf_file)
+        report = {"file": os.path.basename(path), "path": str(path), "size_bytes": os.path.getsize(path),
+                  "quant_mix": mix, "quant_mix_text": mix_text}
+        if gguf_file.architecture in ENCODER_ARCHS:
+            report.update(_describe_encoder(gguf_file, shapes, path))
         else:
-            holds = f"{known.display} text encoder (ComfyUI '{known.comfy_name}')"
-        users = [m.display for m in DIFFUSION_MODELS.values() if known and known.display in m.encoders]
-        lines += [
-            f"holds:        {holds}",
-            f"config:       {config.n_layers} layers, hidden {config.hidden_size}, heads {config.n_heads} "
-            f"(kv {config.n_kv_heads}, dim {config.head_dim}), ffn {config.intermediate_size}, "
-            f"vocab {config.vocab_size}, rope base {config.rope_theta:g}, rms eps {config.rms_eps:g}",
-            f"load with:    {TEXT_ENCODER_LOADER}",
-            "pairs with:   " + (", ".join(users) if users else "no diffusion model in this pack's table"),
-        ]
-        return lines
+            report.update(_describe_diffusion(gguf_file, shapes, path))
+    return report
+
+
+def _describe_encoder(gguf_file, shapes, path) -> dict:
+    arch = detect_text_encoder(gguf_file.metadata, shapes, path)
+    config = encoder_config(arch, gguf_file.metadata, shapes, path)
+    shape = f"{config.n_layers} layers, {config.hidden_size} wide"
+    out = {"kind": "text_encoder", "node": TEXT_ENCODER_LOADER, "folder": TEXT_ENCODER_FOLDER,
+           "width": config.hidden_size}
+    try:
+        known = comfy_te_model(config)
+    except ModelDetectionError:
+        out.update(model=f"a {arch.arch} text model ({shape}) that ComfyUI has no text encoder for", type=None,
+                   pairs_with=[])
+    else:
+        users = models_taking(known.display)
+        out.update(model=f"{known.display} text encoder ({shape})",
+                   type=users[0].clip_type if users else None,
+                   pairs_with=[{"model": m.display, "type": m.clip_type} for m in users])
+    if ZIMAGE.display not in [p["model"] for p in out["pairs_with"]]:
+        needs = ENCODERS_BY_DISPLAY[ZIMAGE.encoders[0]]
+        out["does_not_fit"] = (f"does not fit {ZIMAGE.display} (needs {needs.display}, {needs.width} wide; "
+                               f"this is {config.hidden_size} wide)" if config.hidden_size != needs.width else
+                               f"does not fit {ZIMAGE.display} (needs {needs.display}; this is another model "
+                               "of the same width)")
+    return out
+
+
+def _describe_diffusion(gguf_file, shapes, path) -> dict:
     info = detect_diffusion_model(gguf_file.metadata, shapes, source=path)
-    lines += [
-        f"holds:        {info.display_name} diffusion model ({info.style} style, width {info.width}, "
-        f"prefix '{info.prefix}')",
-        f"load with:    {DIFFUSION_LOADER}",
+    model = DIFFUSION_MODELS.get(info.family)
+    conversion = CONVERSIONS.get(info.style)
+    out = {"kind": "diffusion_model", "node": DIFFUSION_LOADER, "folder": DIFFUSION_FOLDER, "type": None,
+           "model": f"{info.display_name} diffusion model" + (f" ({conversion})" if conversion else ""),
+           "width": info.width, "caption_width": info.caption_width, "pairs_with": []}
+    if model and model.encoders:
+        out["pairs_with"] = [{"encoder": e, "width": ENCODERS_BY_DISPLAY[e].width, "type": model.clip_type}
+                             for e in model.encoders]
+    elif model and model.takes:
+        out["pairs_with"] = [{"encoder": model.takes, "width": None, "type": None}]
+    elif info.caption_width:
+        out["pairs_with"] = [{"encoder": None, "width": info.caption_width, "type": None}]
+    return out
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def render(report: dict) -> list[str]:
+    type_note = f", type '{report['type']}'" if report.get("type") else ""
+    lines = [
+        report["file"],
+        f"  model:      {report['model']}",
+        f"  quant mix:  {report['quant_mix_text']}",
+        f"  size:       {_size(report['size_bytes'])}",
+        f"  load with:  {report['node']}{type_note}, from {report['folder']}",
     ]
-    if info.caption_width:
-        encoders = [e.display for e in KNOWN_ENCODERS if e.width == info.caption_width]
-        expected = info.caption_encoder or describe_width(info.caption_width)
-        lines.append(f"pairs with:   {expected} text encoder ({info.caption_width} wide)"
-                     + (f"; same width: {', '.join(encoders)}" if len(encoders) > 1 else ""))
+    if report["kind"] == "diffusion_model":
+        pairs = []
+        for p in report["pairs_with"]:
+            what = f"a {p['encoder']} text encoder" if p["encoder"] else "a text encoder"
+            what += f" ({p['width']} wide)" if p["width"] else ""
+            pairs.append(what + (f", type '{p['type']}' in the text encoder loader" if p["type"] else ""))
+        lines.append("  pairs with: " + (" or ".join(pairs) or "unknown: no text-feature input found"))
+    else:
+        pairs = [f"{p['model']} (type '{p['type']}')" for p in report["pairs_with"]]
+        lines.append("  pairs with: " + (", ".join(pairs) or "no diffusion model in this pack's table"))
+        if report.get("does_not_fit"):
+            lines.append(f"  note:       {report['does_not_fit']}")
     return lines
 
 
 def add_inspect_parser(subparsers) -> None:
-    parser = subparsers.add_parser("inspect", help="print what a GGUF file holds and what it pairs with")
+    parser = subparsers.add_parser("inspect", help="say what a GGUF file holds, which node loads it, what it pairs with")
     parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("--json", action="store_true", help="print a JSON list (one object per file) for scripts")
 
 
 def run_inspect(args) -> int:
-    status = 0
+    status, reports, blocks = 0, [], []
     for path in args.files:
         if not os.path.isfile(path):
-            print(f"error: {path}: no such file")
+            reports.append({"path": path, "error": "no such file"})
+            blocks.append([f"{path}", "  error: no such file"])
             status = 1
             continue
         try:
-            print("\n".join(describe(path)))
+            report = describe(path)
         except ZImageGGUFError as error:
-            print(f"error: {error}")
+            first, *details = str(error).splitlines()
+            reports.append({"path": path, "error": str(error)})
+            blocks.append([os.path.basename(path), f"  error: {first}"] + [f"         {d}" for d in details])
             status = 1
+            continue
+        reports.append(report)
+        blocks.append(render(report))
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    else:
+        print("\n\n".join("\n".join(block) for block in blocks))
     return status

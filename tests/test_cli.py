@@ -1,32 +1,59 @@
 """`python -m comfyui_zimage_gguf inspect` on files the tests write, and its error paths."""
+import json
 import subprocess
 import sys
 
+import pytest
 from helpers.factories import write_llama_cpp_encoder_gguf
 from helpers.zimage_factory import write_zimage_gguf
 
 from comfyui_zimage_gguf.cli.main import main
 
+SMALL = dict(arch="qwen3", n_layers=2, heads=2, kv_heads=1, head_dim=128, ffn=64, vocab=300)
 
-def test_inspect_text_encoder(tmp_path, capsys):
-    path = tmp_path / "enc.gguf"
-    write_llama_cpp_encoder_gguf(path, arch="qwen3", n_layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16,
-                                 ffn=128, vocab=300)
-    assert main(["inspect", str(path)]) == 0
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inspect")
+    paths = {
+        "qwen3_4b": folder / "Qwen3-4B-Q8_0.gguf",  # Z-Image's encoder width (2560), few and narrow heads
+        "qwen3_06b": folder / "Qwen3-0.6B-Q8_0.gguf",  # 1024 wide: no use for Z-Image
+        "dit": folder / "dit.gguf",
+    }
+    write_llama_cpp_encoder_gguf(paths["qwen3_4b"], hidden=2560, **SMALL)
+    write_llama_cpp_encoder_gguf(paths["qwen3_06b"], hidden=1024, **SMALL)
+    write_zimage_gguf(paths["dit"], n_layers=1, style="sdcpp", width=64, caption_width=32)
+    return paths
+
+
+def test_inspect_says_which_node_and_type_and_what_it_pairs_with(files, capsys):
+    assert main(["inspect", str(files["qwen3_4b"]), str(files["qwen3_06b"]), str(files["dit"])]) == 0
     out = capsys.readouterr().out
-    assert "architecture: qwen3" in out
-    assert "2 layers, hidden 64, heads 4 (kv 2, dim 16), ffn 128, vocab 300" in out
-    assert "Load Text Encoder (GGUF, Z-Image pack)" in out
+    blocks = out.rstrip("\n").split("\n\n")
+    assert len(blocks) == 3  # one blank line between files
+    qwen4b, qwen06b, dit = (block.splitlines() for block in blocks)
+    assert qwen4b[0] == "Qwen3-4B-Q8_0.gguf"
+    assert qwen4b[1] == "  model:      Qwen3-4B text encoder (2 layers, 2560 wide)"
+    assert qwen4b[2].startswith("  quant mix:  Q8_0 ") and qwen4b[2].endswith(" of the weights")
+    assert qwen4b[4] == ("  load with:  Load Text Encoder (GGUF, Z-Image pack), type 'lumina2', "
+                         "from models/text_encoders")
+    assert qwen4b[5] == "  pairs with: Z-Image (type 'lumina2'), FLUX.2 (type 'flux2')"
+    assert qwen06b[1] == "  model:      Qwen3-0.6B text encoder (2 layers, 1024 wide)"
+    assert "  note:       does not fit Z-Image (needs Qwen3-4B, 2560 wide; this is 1024 wide)" in qwen06b
+    assert dit[1].endswith("diffusion model (converted with stable-diffusion.cpp)")
+    assert dit[4] == "  load with:  Load Diffusion Model (GGUF, Z-Image pack), from models/diffusion_models"
+    for internal in ("prefix", "bare style", "architecture:"):
+        assert internal not in out
 
 
-def test_inspect_diffusion_model_without_metadata(tmp_path, capsys):
-    path = tmp_path / "dit.gguf"
-    write_zimage_gguf(path, n_layers=1, style="sdcpp", width=64, caption_width=32)
-    assert main(["inspect", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "(none: no general.architecture key)" in out
-    assert "sdcpp style" in out and "prefix 'model.diffusion_model.'" in out
-    assert "Load Diffusion Model (GGUF, Z-Image pack)" in out
+def test_inspect_json_for_scripts(files, capsys):
+    assert main(["inspect", "--json", str(files["qwen3_06b"]), str(files["dit"])]) == 0
+    encoder, dit = json.loads(capsys.readouterr().out)
+    assert encoder["kind"] == "text_encoder" and encoder["width"] == 1024 and encoder["pairs_with"] == []
+    assert encoder["does_not_fit"].startswith("does not fit Z-Image")
+    assert encoder["quant_mix"]["Q8_0"]["tensors"] > 0 and encoder["size_bytes"] == files["qwen3_06b"].stat().st_size
+    assert dit["kind"] == "diffusion_model" and dit["caption_width"] == 32
+    assert dit["node"] == "Load Diffusion Model (GGUF, Z-Image pack)"
 
 
 def test_inspect_reports_bad_files_and_exits_non_zero(tmp_path, capsys):
@@ -34,8 +61,9 @@ def test_inspect_reports_bad_files_and_exits_non_zero(tmp_path, capsys):
     bad.write_bytes(b"PK\x03\x04 definitely not gguf")
     assert main(["inspect", str(bad), str(tmp_path / "missing.gguf")]) == 1
     out = capsys.readouterr().out
-    assert "error: notgguf.gguf is not a valid GGUF file" in out and f"{bad}: not a valid GGUF file" in out
-    assert "missing.gguf: no such file" in out
+    assert "notgguf.gguf\n  error: notgguf.gguf is not a valid GGUF file: download it again" in out
+    assert f"{bad}: not a valid GGUF file" in out
+    assert "missing.gguf\n  error: no such file" in out
 
 
 def test_module_entry_point_runs():
