@@ -18,7 +18,6 @@ import torch
 from gguf import GGMLQuantizationType, quants as gguf_quants
 
 from ..ops import QUANT_TYPES, dequantize
-from ..ops.kernels import RANDOM_BLOCKS
 
 
 def _seconds(fn) -> float:
@@ -65,7 +64,7 @@ def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
         n_blocks = n_elements // qt.block_size
         # Rows of the weight, as a GGUF file stores them: gguf-py works through 16 rows at a
         # time, so handing it one row per block would time its Python loop, not its maths.
-        raw = RANDOM_BLOCKS[ggml_type](n_blocks, rng).reshape(rows, -1)
+        raw = qt.random_blocks(n_blocks, rng).reshape(rows, -1)
         data = torch.from_numpy(raw).reshape(-1)
         seconds, type_copy_s, out_s, copy_into_s, numpy_s = _interleaved_medians([
             (lambda: dequantize(data, ggml_type, (rows, cols), torch.float16), repeat),

@@ -1,4 +1,5 @@
-"""One table of GGML types: block size, bytes per block and the torch kernel that dequantizes it.
+"""One table of GGML types, one record each: block size, bytes per block, the torch kernel that
+dequantizes it and a generator of random valid blocks (for tests and the benchmark).
 
 A kernel takes a uint8 tensor of shape (n_blocks, type_size) and writes the values into `out`, a
 contiguous float tensor of shape (n_blocks, block_size) on the same device, in out's dtype. In
@@ -9,12 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from .kernels import KERNELS
+from .kernels import MODULES
 
 Kernel = Callable[[torch.Tensor, torch.Tensor], None]
+# (n_blocks, numpy Generator) -> uint8 array (n_blocks, type_size) of valid blocks, finite scales
+RandomBlocks = Callable[[int, np.random.Generator], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,7 @@ class QuantType:
     block_size: int
     type_size: int
     kernel: Kernel
+    random_blocks: RandomBlocks
 
     @property
     def name(self) -> str:
@@ -33,8 +38,9 @@ class QuantType:
 
 
 QUANT_TYPES: dict[GGMLQuantizationType, QuantType] = {
-    ggml_type: QuantType(ggml_type, *GGML_QUANT_SIZES[ggml_type], kernel)
-    for ggml_type, kernel in KERNELS.items()
+    ggml_type: QuantType(ggml_type, *GGML_QUANT_SIZES[ggml_type], kernel, random_blocks)
+    for module in MODULES
+    for ggml_type, (kernel, random_blocks) in module.TYPES.items()
 }
 
 # Types whose raw bytes are already a torch float tensor: no dequantization needed.

@@ -6,15 +6,15 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, quants
 
 from comfyui_zimage_gguf.errors import UnsupportedQuantTypeError, ZImageGGUFError
 from comfyui_zimage_gguf.ops import QUANT_TYPES, dequantize
-from comfyui_zimage_gguf.ops.kernels import RANDOM_BLOCKS, fp4_ternary, kquants, legacy
 from comfyui_zimage_gguf.ops.kernels import blocks as kernel_blocks
+from comfyui_zimage_gguf.ops.kernels import fp4_ternary, kquants, legacy
 
-NON_IQUANT_TYPES = [*legacy.KERNELS, *kquants.KERNELS, *fp4_ternary.KERNELS]
+NON_IQUANT_TYPES = [*legacy.TYPES, *kquants.TYPES, *fp4_ternary.TYPES]
 
 
 def raw_weight(ggml_type: T, rows: int, blocks_per_row: int, seed: int = 0) -> torch.Tensor:
     """(rows, row_bytes) uint8 tensor of valid blocks, as a GGUF reader hands it over."""
-    raw = RANDOM_BLOCKS[ggml_type](rows * blocks_per_row, np.random.default_rng(seed))
+    raw = QUANT_TYPES[ggml_type].random_blocks(rows * blocks_per_row, np.random.default_rng(seed))
     return torch.from_numpy(raw).reshape(rows, -1)
 
 

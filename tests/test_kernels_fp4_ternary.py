@@ -12,10 +12,10 @@ from helpers import kernel_checks
 from helpers.kernel_checks import assert_identical, reference
 
 from comfyui_zimage_gguf.ops.kernels import fp4_ternary, legacy
-from comfyui_zimage_gguf.ops.kernels import blocks as kernel_blocks
+from comfyui_zimage_gguf.ops import QUANT_TYPES
 
-KERNELS = fp4_ternary.KERNELS
-RANDOM_BLOCKS = fp4_ternary.RANDOM_BLOCKS
+KERNELS = {t: QUANT_TYPES[t].kernel for t in fp4_ternary.TYPES}
+RANDOM_BLOCKS = {t: QUANT_TYPES[t].random_blocks for t in fp4_ternary.TYPES}
 QUANTIZABLE = [T.TQ1_0, T.TQ2_0, T.MXFP4]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -33,16 +33,6 @@ def every_byte_value(n_blocks: int, type_size: int) -> np.ndarray:
 def test_quantized_weights_with_odd_row_count_match_gguf(ggml_type):
     weights = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
     check_all_dtypes(quants.quantize(weights, ggml_type), ggml_type)
-
-
-@pytest.mark.parametrize("ggml_type", list(KERNELS), ids=lambda t: t.name)
-def test_random_blocks_match_gguf(ggml_type):
-    check_all_dtypes(RANDOM_BLOCKS[ggml_type](37, np.random.default_rng(1)), ggml_type)
-
-
-@pytest.mark.parametrize("ggml_type", list(KERNELS), ids=lambda t: t.name)
-def test_single_block(ggml_type):
-    check_all_dtypes(RANDOM_BLOCKS[ggml_type](1, np.random.default_rng(2)), ggml_type)
 
 
 @pytest.mark.parametrize("ggml_type", [T.TQ1_0, T.TQ2_0], ids=lambda t: t.name)
@@ -76,28 +66,3 @@ def test_nvfp4_every_scale_code_and_nibble():
     raw[:, 0:4] = np.arange(256, dtype=np.uint8).reshape(64, 4).repeat(8, axis=0)
     raw[:, 4:] = np.tile(np.arange(256, dtype=np.uint8).reshape(8, 32), (64, 1))
     check_all_dtypes(raw, T.NVFP4)
-
-
-@pytest.mark.parametrize("ggml_type", list(KERNELS), ids=lambda t: t.name)
-def test_many_chunks_with_a_partial_last_chunk(ggml_type, monkeypatch):
-    # A budget of a few blocks: every kernel then runs several chunks, the last one partial.
-    monkeypatch.setattr(kernel_blocks, "CPU_CHUNK_ELEMENTS", 10 * GGML_QUANT_SIZES[ggml_type][1])
-    check_all_dtypes(RANDOM_BLOCKS[ggml_type](13, np.random.default_rng(4)), ggml_type)
-
-
-@pytest.mark.parametrize("ggml_type", list(KERNELS), ids=lambda t: t.name)
-def test_blocks_at_an_odd_byte_offset(ggml_type):
-    raw = RANDOM_BLOCKS[ggml_type](5, np.random.default_rng(5))
-    buffer = torch.zeros(raw.size + 1, dtype=torch.uint8)
-    buffer[1:] = torch.from_numpy(raw).reshape(-1)
-    blocks = buffer[1:].reshape(raw.shape)
-    assert_identical(kernel_checks.run_kernel(KERNELS[ggml_type], ggml_type, blocks, torch.float32), reference(raw, ggml_type))
-
-
-@pytest.mark.parametrize("ggml_type", list(KERNELS), ids=lambda t: t.name)
-def test_random_blocks_are_valid_and_moderate(ggml_type):
-    raw = RANDOM_BLOCKS[ggml_type](64, np.random.default_rng(7))
-    assert raw.dtype == np.uint8 and raw.shape == (64, GGML_QUANT_SIZES[ggml_type][1])
-    values = reference(raw, ggml_type)
-    assert torch.isfinite(values).all()
-    assert 0.05 < values.abs().max() < 1.5

@@ -3,13 +3,15 @@
 gguf-py cannot quantize I-quants, so the inputs are the module's random valid blocks plus
 hand-made edge cases: zero and largest-finite fp16 scales, all-0x00 and all-0xFF payloads.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 from gguf import quants as gguf_quants
 
-from comfyui_zimage_gguf.ops import dequantize
+from comfyui_zimage_gguf.ops import QUANT_TYPES, dequantize
 from comfyui_zimage_gguf.ops.kernels import iquants
 
 from helpers.kernel_checks import run_kernel
@@ -24,7 +26,7 @@ def reference(raw: np.ndarray, ggml_type) -> torch.Tensor:
 
 
 def kernel(ggml_type, raw: np.ndarray, dtype=torch.float32) -> torch.Tensor:
-    return run_kernel(iquants.KERNELS[ggml_type], ggml_type, torch.from_numpy(raw), dtype)
+    return run_kernel(QUANT_TYPES[ggml_type].kernel, ggml_type, torch.from_numpy(raw), dtype)
 
 
 def with_scale(ggml_type, payload_byte: int, n_blocks: int, scale: float) -> np.ndarray:
@@ -61,15 +63,15 @@ def assert_matches_reference(ggml_type, raw: np.ndarray):
 @pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_random_blocks_match_gguf_bit_for_bit(ggml_type, seed):
-    raw = iquants.RANDOM_BLOCKS[ggml_type](777, np.random.default_rng(seed))
+    raw = QUANT_TYPES[ggml_type].random_blocks(777, np.random.default_rng(seed))
     assert_matches_reference(ggml_type, raw)
 
 
 @pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
 def test_a_single_block_and_no_blocks(ggml_type):
-    assert_matches_reference(ggml_type, iquants.RANDOM_BLOCKS[ggml_type](1, np.random.default_rng(7)))
+    assert_matches_reference(ggml_type, QUANT_TYPES[ggml_type].random_blocks(1, np.random.default_rng(7)))
     block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-    empty = run_kernel(iquants.KERNELS[ggml_type], ggml_type, torch.empty((0, type_size), dtype=torch.uint8), torch.float16)
+    empty = run_kernel(QUANT_TYPES[ggml_type].kernel, ggml_type, torch.empty((0, type_size), dtype=torch.uint8), torch.float16)
     assert empty.shape == (0, block_size) and empty.dtype == torch.float16
 
 
@@ -89,41 +91,24 @@ def test_largest_scale_overflows_float16_exactly_like_a_cast(ggml_type):
 
 
 @pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
-def test_random_blocks_are_valid_and_moderate(ggml_type):
-    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-    raw = iquants.RANDOM_BLOCKS[ggml_type](64, np.random.default_rng(3))
-    assert raw.dtype == np.uint8 and raw.shape == (64, type_size)
-    weights = reference(raw, ggml_type)
-    assert torch.isfinite(weights).all()
-    assert 0.01 < weights.abs().max() < 1
-
-
-@pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
 @pytest.mark.parametrize("rows", [1, 3])
 def test_dequantize_entry_point_reshapes_odd_row_counts(ggml_type, rows):
     block_size = GGML_QUANT_SIZES[ggml_type][0]
     cols = 3 * block_size
-    raw = iquants.RANDOM_BLOCKS[ggml_type](rows * 3, np.random.default_rng(rows))
+    raw = QUANT_TYPES[ggml_type].random_blocks(rows * 3, np.random.default_rng(rows))
     got = dequantize(torch.from_numpy(raw).reshape(-1), ggml_type, (rows, cols), torch.float16)
     assert got.shape == (rows, cols) and got.dtype == torch.float16
     assert torch.equal(got, reference(raw, ggml_type).reshape(rows, cols).half())
 
 
 @pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
-def test_strided_block_rows_are_read_correctly(ggml_type):
-    raw = iquants.RANDOM_BLOCKS[ggml_type](10, np.random.default_rng(4))
-    every_other = torch.from_numpy(raw)[::2]
-    got = run_kernel(iquants.KERNELS[ggml_type], ggml_type, every_other, torch.float32)
-    assert torch.equal(got, reference(np.ascontiguousarray(raw[::2]), ggml_type))
-
-
-@pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-def test_chunked_run_covers_every_block_including_a_short_last_chunk(ggml_type, dtype, monkeypatch):
+def test_chunked_run_covers_every_block_including_a_short_last_chunk(ggml_type, dtype):
     block_size = GGML_QUANT_SIZES[ggml_type][0]
-    monkeypatch.setattr(iquants, "CPU_CHUNK_WEIGHTS", 4 * block_size)
-    raw = iquants.RANDOM_BLOCKS[ggml_type](10, np.random.default_rng(5))
-    assert torch.equal(kernel(ggml_type, raw, dtype), reference(raw, ggml_type).to(dtype))
+    small = dataclasses.replace(QUANT_TYPES[ggml_type].kernel, cpu_chunk_elements=4 * block_size)
+    raw = QUANT_TYPES[ggml_type].random_blocks(10, np.random.default_rng(5))
+    got = run_kernel(small, ggml_type, torch.from_numpy(raw), dtype)
+    assert same_bits(got, reference(raw, ggml_type).to(dtype))
 
 
 @pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
@@ -131,11 +116,7 @@ def test_code_paths_for_other_devices_give_the_same_result(ggml_type, monkeypatc
     # on CPU rows are moved as single 8/16-byte words (complex128 among them); MPS has no
     # complex128, so MPS and CUDA take the plain paths, run here on CPU
     monkeypatch.setattr(iquants, "_cpu_word_views", lambda device: False)
-    raw = iquants.RANDOM_BLOCKS[ggml_type](50, np.random.default_rng(6))
+    raw = QUANT_TYPES[ggml_type].random_blocks(50, np.random.default_rng(6))
     expected = reference(raw, ggml_type)
     for dtype in (torch.float32, torch.float16):
         assert torch.equal(kernel(ggml_type, raw, dtype), expected.to(dtype))
-
-
-def test_every_iquant_has_a_kernel_and_a_block_generator():
-    assert set(iquants.KERNELS) == set(IQUANTS) == set(iquants.RANDOM_BLOCKS)

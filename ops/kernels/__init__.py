@@ -1,12 +1,11 @@
-"""Torch dequantization kernels, one small function per GGML type, gathered into one table.
+"""Torch dequantization kernels, one small function per GGML type, and the one chunk driver they share.
 
-Each kernel module exports KERNELS (GGML type -> kernel) and RANDOM_BLOCKS (GGML type ->
-fn(n_blocks, numpy Generator) -> uint8 array (n_blocks, type_size) of valid blocks with finite
-scales), used by the tests and the benchmark where gguf-py cannot quantize the type.
+Each kernel module registers its types once, in TYPES: GGML type -> (kernel, random blocks), where
+the kernel writes the values of (n_blocks, type_size) uint8 blocks into an (n_blocks, block_size)
+output, and random blocks is fn(n_blocks, numpy Generator) -> uint8 array (n_blocks, type_size)
+of valid blocks with finite scales, for the tests and the benchmark where gguf-py cannot quantize
+the type. `ops.quant_types` turns each registration into the type's QuantType record.
 """
 from . import fp4_ternary, iquants, kquants, legacy
 
-_MODULES = (legacy, kquants, iquants, fp4_ternary)
-
-KERNELS = {t: k for m in _MODULES for t, k in m.KERNELS.items()}
-RANDOM_BLOCKS = {t: f for m in _MODULES for t, f in m.RANDOM_BLOCKS.items()}
+MODULES = (legacy, kquants, iquants, fp4_ternary)

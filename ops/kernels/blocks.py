@@ -1,13 +1,18 @@
-"""What every kernel module here shares: the block-format driver, fp16 field reading, bit-plane
-extraction, per-(device, dtype) table caching and random valid blocks for tests and benchmarks.
+"""What every kernel module here shares: the one chunk driver, byte helpers (reinterpreting bytes
+as words, fp16 fields, bit planes), per-(device, dtype) table caching and random valid blocks for
+tests and benchmarks.
 
-Every type driven by BlockFormat dequantizes as w = scale * q [+ or - min], with one scale (and
-min) per block or sub-block and q a small integer. A type is therefore described by:
+A quantized type is a `ChunkFormat`: its `decode` writes the values of a chunk of blocks, and
+`dequantize_blocks` (the driver) cuts the blocks into chunks, shares them between threads and
+stages dtypes that `decode` cannot write exactly through a float32 scratch chunk, rounded once.
+
+`BlockFormat`, the format of most types, dequantizes as w = scale * q [+ or - min], with one
+scale (and min) per block or sub-block and q a small integer. Such a type is described by:
   - `scales`: blocks -> the per-(sub-)block scale and min, float32, as gguf-py computes them;
   - `unpack`: blocks -> the integers q, in output order, written into float32 values;
-and the driver does the float arithmetic in float32, in gguf-py's order (scale, then times q,
-then plus or minus min), so its float32 result is gguf-py's bit for bit; other dtypes get that
-float32 result rounded once.
+and the float arithmetic happens in float32, in gguf-py's order (scale, then times q, then plus or
+minus min), so its float32 result is gguf-py's bit for bit. The I-quants (iquants.py) have their
+own ChunkFormat: codebook gathers, some of them exact in float16 too.
 
 Why chunks: a full-size intermediate costs a trip to main memory (and page faults when freshly
 allocated); chunks keep every intermediate in cache, so the raw bytes are read once and the
@@ -35,28 +40,58 @@ Scales = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 Unpack = Callable[[torch.Tensor, torch.Tensor], None]
 
 
-@dataclass(frozen=True)
-class BlockFormat:
-    """A GGML type as w = scale * q [+ or - min]; calling it dequantizes (n, type_size) blocks."""
-
-    block_size: int
-    scales: Scales
-    unpack: Unpack
-    # gguf-py subtracts the K-quants' mins and adds the legacy _1 types' mins.
-    subtract_min: bool = False
-    # Elements per block of unpack's largest intermediate, where that exceeds block_size
-    # (e.g. 4 * type_size for the bit pairs of a whole block); sizes the chunks.
-    widest: int = 0
-
-    def __call__(self, blocks: torch.Tensor, out: torch.Tensor) -> None:
-        dequantize_blocks(blocks, out, self)
-
+QK_K = 256  # elements per block of the K-quants and the other 256-element types
 
 # Elements of the widest intermediate of a chunk. CPU: measured best on 2 cores (smaller
 # chunks pay per-op overhead, which dominates for the per-block scale decoding of the 256-element
 # types); accelerators: fewer, larger launches.
 CPU_CHUNK_ELEMENTS = 1 << 20
 ACCELERATOR_CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class ChunkFormat:
+    """A GGML type as the driver sees it; calling it dequantizes (n, type_size) blocks into `out`."""
+
+    block_size: int
+    # Elements per block of decode's largest intermediate, where that exceeds block_size
+    # (e.g. 4 * type_size for the bit pairs of a whole block); sizes the chunks.
+    widest: int = 0
+    # Output dtypes besides float32 that decode writes exactly; others go through float32 scratch.
+    exact_dtypes: frozenset = frozenset()
+    # Whether decode needs a second values-sized tensor (`spare`) for intermediate results.
+    uses_spare: bool = False
+    # The chunk budget on CPUs where a type's best differs from CPU_CHUNK_ELEMENTS (measured).
+    cpu_chunk_elements: int | None = None
+
+    def decode(self, blocks: torch.Tensor, values: torch.Tensor, spare: torch.Tensor | None) -> None:
+        """Write the values of (m, type_size) uint8 blocks into (m, block_size) `values` (float32 or
+        an exact dtype); `spare`, if uses_spare, is a tensor like `values`."""
+        raise NotImplementedError
+
+    def __call__(self, blocks: torch.Tensor, out: torch.Tensor) -> None:
+        dequantize_blocks(blocks, out, self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockFormat(ChunkFormat):
+    """A GGML type as w = scale * q [+ or - min] (see the module docstring)."""
+
+    scales: Scales
+    unpack: Unpack
+    # gguf-py subtracts the K-quants' mins and adds the legacy _1 types' mins.
+    subtract_min: bool = False
+
+    def decode(self, blocks: torch.Tensor, values: torch.Tensor, spare: torch.Tensor | None) -> None:
+        m = blocks.shape[0]
+        scale, minimum = self.scales(blocks)
+        self.unpack(blocks, values)
+        sub_blocks = values.view(m, scale.shape[1], -1)
+        sub_blocks.mul_(scale.unsqueeze(-1))
+        if minimum is not None and self.subtract_min:
+            sub_blocks.sub_(minimum.unsqueeze(-1))
+        elif minimum is not None:
+            sub_blocks.add_(minimum.unsqueeze(-1))
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,7 +109,7 @@ def _single_threaded(work: Callable[[], None], inference: bool, grad: bool) -> N
         work()
 
 
-def dequantize_blocks(blocks: torch.Tensor, out: torch.Tensor, fmt: BlockFormat) -> None:
+def dequantize_blocks(blocks: torch.Tensor, out: torch.Tensor, fmt: ChunkFormat) -> None:
     """(n, type_size) uint8 blocks -> their values in `out` ((n, block_size), contiguous), chunk by chunk.
 
     CPU threading: chunks are shared out between the calling thread and helper threads (as
@@ -88,33 +123,28 @@ def dequantize_blocks(blocks: torch.Tensor, out: torch.Tensor, fmt: BlockFormat)
     n_blocks = blocks.shape[0]
     block_size = fmt.block_size
     device = blocks.device
-    dtype = out.dtype
     if n_blocks == 0:
         return
     on_cpu = device.type == "cpu"
-    budget = CPU_CHUNK_ELEMENTS if on_cpu else ACCELERATOR_CHUNK_ELEMENTS
+    budget = (fmt.cpu_chunk_elements or CPU_CHUNK_ELEMENTS) if on_cpu else ACCELERATOR_CHUNK_ELEMENTS
     rows = max(1, budget // max(block_size, fmt.widest))
     block_chunks = blocks.split(rows)
     out_chunks = out.split(rows)
-    staged = dtype != torch.float32
+    staged = out.dtype != torch.float32 and out.dtype not in fmt.exact_dtypes
+    values_dtype = torch.float32 if staged else out.dtype
+    chunk_shape = (min(rows, n_blocks), block_size)
     next_chunk = iter(range(len(block_chunks)))  # shared by all threads; next() is atomic under the GIL
 
     def work() -> None:
-        scratch = torch.empty((rows, block_size), dtype=torch.float32, device=device) if staged else None
+        scratch = torch.empty(chunk_shape, dtype=torch.float32, device=device) if staged else None
+        spare = torch.empty(chunk_shape, dtype=values_dtype, device=device) if fmt.uses_spare else None
         for i in next_chunk:
-            chunk = block_chunks[i]
-            m = chunk.shape[0]
-            values = out_chunks[i] if scratch is None else scratch[:m]
-            scale, minimum = fmt.scales(chunk)
-            fmt.unpack(chunk, values)
-            sub_blocks = values.view(m, scale.shape[1], -1)
-            sub_blocks.mul_(scale.unsqueeze(-1))
-            if minimum is not None and fmt.subtract_min:
-                sub_blocks.sub_(minimum.unsqueeze(-1))
-            elif minimum is not None:
-                sub_blocks.add_(minimum.unsqueeze(-1))
+            target = out_chunks[i]
+            m = target.shape[0]
+            values = target if scratch is None else scratch[:m]
+            fmt.decode(block_chunks[i], values, None if spare is None else spare[:m])
             if staged:
-                out_chunks[i].copy_(values)
+                target.copy_(values)
 
     caller_threads = torch.get_num_threads()
     threads = min(caller_threads, len(block_chunks)) if on_cpu else 1
@@ -136,18 +166,29 @@ def dequantize_blocks(blocks: torch.Tensor, out: torch.Tensor, fmt: BlockFormat)
         torch.set_num_threads(caller_threads)
 
 
-def fp16_field(blocks: torch.Tensor, offset: int, count: int = 1) -> torch.Tensor:
-    """`count` consecutive little-endian fp16 values from byte `offset` of every block, float32 (n, count).
+def reinterpret(data: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bytes (..., k) as little-endian `dtype` words (..., k / itemsize): a view where layout and
+    alignment allow, else a view of a compact copy (a slice of a single block may start at an odd
+    byte, a column slice of blocks has the blocks' stride)."""
+    size = dtype.itemsize
+    if (
+        data.stride(-1) != 1
+        or data.shape[-1] % size
+        or data.storage_offset() % size
+        or any(stride % size for stride in data.stride()[:-1])
+    ):
+        data = data.clone(memory_format=torch.contiguous_format)
+    return data.view(dtype)
 
-    Read through a 16-bit view of the blocks where the alignment allows, else from a compact
-    copy of the bytes.
-    """
-    aligned = blocks.stride(1) == 1 and all(v % 2 == 0 for v in (offset, blocks.stride(0), blocks.storage_offset()))
-    if aligned and blocks.shape[1] % 2 == 0:
-        field = blocks.view(torch.float16)[:, offset // 2 : offset // 2 + count]
-    else:
-        field = blocks[:, offset : offset + 2 * count].clone(memory_format=torch.contiguous_format).view(torch.float16)
-    return field.float()
+
+def words(blocks: torch.Tensor, start: int, stop: int, dtype: torch.dtype = torch.int32) -> torch.Tensor:
+    """Bytes [start, stop) of every block as little-endian int16/int32 words, (n, (stop - start) / itemsize)."""
+    return reinterpret(blocks[:, start:stop], dtype)
+
+
+def fp16_field(blocks: torch.Tensor, offset: int, count: int = 1) -> torch.Tensor:
+    """`count` consecutive little-endian fp16 values from byte `offset` of every block, float16 (n, count)."""
+    return reinterpret(blocks[:, offset : offset + 2 * count], torch.float16)
 
 
 def device_table(build: Callable[[], np.ndarray]):

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
-from .blocks import BlockFormat, byte_index, crumb_planes, device_table, fp16_field, random_bytes, random_with_fp16_fields
-
-QK_K = 256
+from .blocks import (
+    QK_K, BlockFormat, byte_index, crumb_planes, device_table, fp16_field, random_bytes, random_with_fp16_fields,
+)
 
 
 # --- TQ2_0: qs[64] (four 2-bit values per byte, q + 1), d -----------------------------------
@@ -24,7 +24,7 @@ def _unpack_tq2_0(blocks: torch.Tensor, values: torch.Tensor) -> None:
 
 
 def _scales_tq2_0(blocks: torch.Tensor):
-    return fp16_field(blocks, 64), None
+    return fp16_field(blocks, 64).float(), None
 
 
 # --- TQ1_0: qs[48] (five base-3 digits per byte), qh[4] (four digits per byte), d -------------
@@ -49,7 +49,7 @@ def _unpack_tq1_0(blocks: torch.Tensor, values: torch.Tensor) -> None:
 
 
 def _scales_tq1_0(blocks: torch.Tensor):
-    return fp16_field(blocks, 52), None
+    return fp16_field(blocks, 52).float(), None
 
 
 # --- FP4 (E2M1) values, doubled so that they are integers: 0 1 2 3 4 6 8 12 and negatives ----
@@ -137,12 +137,6 @@ def _scales_nvfp4(blocks: torch.Tensor):
 
 
 # widest: TQ1_0 multiplies every byte by 5 powers of three, TQ2_0 splits every byte in 4.
-KERNELS = {
-    T.TQ1_0: BlockFormat(QK_K, _scales_tq1_0, _unpack_tq1_0, widest=5 * 54),
-    T.TQ2_0: BlockFormat(QK_K, _scales_tq2_0, _unpack_tq2_0, widest=4 * 66),
-    T.MXFP4: BlockFormat(32, _scales_mxfp4, _unpack_mxfp4),
-    T.NVFP4: BlockFormat(64, _scales_nvfp4, _unpack_nvfp4),
-}
 
 
 def _random_mxfp4(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
@@ -157,9 +151,16 @@ def _random_nvfp4(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
     return blocks
 
 
-RANDOM_BLOCKS = {
-    T.TQ1_0: random_with_fp16_fields(T.TQ1_0, {52: (1.0, False)}),
-    T.TQ2_0: random_with_fp16_fields(T.TQ2_0, {64: (0.5, False)}),  # q reaches 2
-    T.MXFP4: _random_mxfp4,
-    T.NVFP4: _random_nvfp4,
+TYPES = {
+    T.TQ1_0: (
+        BlockFormat(QK_K, scales=_scales_tq1_0, unpack=_unpack_tq1_0, widest=5 * 54),
+        random_with_fp16_fields(T.TQ1_0, {52: (1.0, False)}),
+    ),
+    # q reaches 2
+    T.TQ2_0: (
+        BlockFormat(QK_K, scales=_scales_tq2_0, unpack=_unpack_tq2_0, widest=4 * 66),
+        random_with_fp16_fields(T.TQ2_0, {64: (0.5, False)}),
+    ),
+    T.MXFP4: (BlockFormat(32, scales=_scales_mxfp4, unpack=_unpack_mxfp4), _random_mxfp4),
+    T.NVFP4: (BlockFormat(64, scales=_scales_nvfp4, unpack=_unpack_nvfp4), _random_nvfp4),
 }

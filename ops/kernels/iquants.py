@@ -22,11 +22,17 @@ All bit work happens on uint8/int16/int32 tensors and fp16 fields are read throu
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gguf_quants
+
+from .blocks import ChunkFormat, device_table, fp16_field, random_bytes, reinterpret, words
+
+_Q = GGMLQuantizationType
 
 # --- value tables, built once from gguf-py's codebooks --------------------------------------------
 
@@ -159,9 +165,11 @@ _TABLES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+_DEVICE_TABLES = {name: device_table(build) for name, build in _TABLES.items()}
+
+
 def _table(name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(_TABLES[name]()).to(device=device, dtype=dtype)
+    return _DEVICE_TABLES[name](device, dtype)
 
 
 # --- gathers -----------------------------------------------------------------------------------
@@ -200,30 +208,6 @@ def _parts(table_name: str, fields: torch.Tensor, dtype: torch.dtype) -> torch.T
 # --- field helpers -----------------------------------------------------------------------------
 
 
-def _reinterpret(data: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Bytes (..., k) as little-endian `dtype` words, copied first when layout or alignment forbids
-    a view (a slice of a single block counts as contiguous yet may start at an odd byte)."""
-    size = dtype.itemsize
-    if (
-        not data.is_contiguous()
-        or data.storage_offset() % size
-        or any(stride % size for stride in data.stride()[:-1])
-    ):
-        data = data.clone(memory_format=torch.contiguous_format)
-    return data.view(dtype)
-
-
-def _fp16_field(blocks: torch.Tensor, start: int) -> torch.Tensor:
-    """The fp16 stored at (even) byte `start` of each block, shape (n_blocks, 1): a strided view
-    into the blocks when they can be read as int16 words."""
-    return _reinterpret(blocks, torch.int16)[:, start // 2 : start // 2 + 1].view(torch.float16)
-
-
-def _words(blocks: torch.Tensor, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
-    """Bytes [start, stop) of each block reinterpreted as little-endian int16/int32 words."""
-    return _reinterpret(blocks[:, start:stop], dtype)
-
-
 def _odd(field: torch.Tensor) -> torch.Tensor:
     """2 * field + 1, the sub-block multiplier of the IQ2/IQ3 scales, as int32."""
     return field.to(torch.int32) * 2 + 1
@@ -248,9 +232,9 @@ Decoded = tuple[list[tuple[str, torch.Tensor]], list[torch.Tensor]]
 
 def _iq2_xxs(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
-    words = _words(blocks, 2, 66, torch.int32).view(n, 8, 2)  # per 32 weights: 4 grid bytes, uint32
-    aux = words[:, :, 1]  # 4 x 7-bit sign index, 4-bit scale
-    index = words[:, :, 0].contiguous().view(torch.uint8).to(torch.int16)
+    grid_aux = words(blocks, 2, 66, torch.int32).view(n, 8, 2)  # per 32 weights: 4 grid bytes, uint32
+    aux = grid_aux[:, :, 1]  # 4 x 7-bit sign index, 4-bit scale
+    index = grid_aux[:, :, 0].contiguous().view(torch.uint8).to(torch.int16)
     # each half of aux holds the sign indices of two rows: move them to bits 8-14 of int16 lanes
     halves = torch.stack((aux, aux >> 14), dim=-1)
     signs = halves & 127
@@ -259,16 +243,16 @@ def _iq2_xxs(blocks: torch.Tensor) -> Decoded:
     halves <<= 17
     signs |= halves
     index |= signs.view(torch.int16).view(n, 32)
-    return [("iq2_xxs", index)], [_odd((aux >> 28) & 15), _fp16_field(blocks, 0)]
+    return [("iq2_xxs", index)], [_odd((aux >> 28) & 15), fp16_field(blocks, 0)]
 
 
 def _iq2_xs(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
-    fields = _words(blocks, 2, 66, torch.int16)  # per 8 weights: 9-bit grid index | 7-bit sign index
+    fields = words(blocks, 2, 66, torch.int16)  # per 8 weights: 9-bit grid index | 7-bit sign index
     grid = fields & 511
     pairs = grid.view(torch.int32)
     pairs |= _parts("iq2_xs_scales", blocks[:, 66:74], torch.int32)
-    return [("iq2_xs", grid), ("ksigns", (fields >> 9) & 127)], [_fp16_field(blocks, 0)]
+    return [("iq2_xs", grid), ("ksigns", (fields >> 9) & 127)], [fp16_field(blocks, 0)]
 
 
 def _iq2_s(blocks: torch.Tensor) -> Decoded:
@@ -276,15 +260,15 @@ def _iq2_s(blocks: torch.Tensor) -> Decoded:
     grid |= blocks[:, 2:34]
     pairs = grid.view(torch.int32)
     pairs |= _parts("iq2_s_scales", blocks[:, 74:82], torch.int32)
-    return [("iq2_s", grid), ("signs", blocks[:, 34:66])], [_fp16_field(blocks, 0)]
+    return [("iq2_s", grid), ("signs", blocks[:, 34:66])], [fp16_field(blocks, 0)]
 
 
 def _iq3_xxs(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
-    aux = _words(blocks, 66, 98, torch.int32)  # per 32 weights: 4 x 7-bit sign index, 4-bit scale
+    aux = words(blocks, 66, 98, torch.int32)  # per 32 weights: 4 x 7-bit sign index, 4-bit scale
     index = blocks[:, 2:66].to(torch.int16)
     index |= _parts("ksign_nibble_pairs", _fourteen_bit_halves(aux), torch.int16).view(n, 64)
-    return [("iq3_xxs", index)], [_odd((aux >> 28) & 15), _fp16_field(blocks, 0)]
+    return [("iq3_xxs", index)], [_odd((aux >> 28) & 15), fp16_field(blocks, 0)]
 
 
 def _iq3_s(blocks: torch.Tensor) -> Decoded:
@@ -292,7 +276,7 @@ def _iq3_s(blocks: torch.Tensor) -> Decoded:
     index |= _parts("iq3_s_qh", blocks[:, 66:74], torch.int16)  # the 9th grid bit of each row
     index |= _parts("nibbles_at_9", blocks[:, 74:106], torch.int16)  # 4 signs per row
     scales = _parts("nibbles", blocks[:, 106:110], torch.int16)
-    return [("iq3_s", index)], [_odd(scales), _fp16_field(blocks, 0)]
+    return [("iq3_s", index)], [_odd(scales), fp16_field(blocks, 0)]
 
 
 def _iq1_s(blocks: torch.Tensor) -> Decoded:
@@ -302,26 +286,26 @@ def _iq1_s(blocks: torch.Tensor) -> Decoded:
     index |= _parts("iq1_s_qh_high", qh[:, :, 1:], torch.int16)
     index = index.view(n, 32)
     index |= blocks[:, 2:34]
-    return [("iq1", index)], [_fp16_field(blocks, 0)]
+    return [("iq1", index)], [fp16_field(blocks, 0)]
 
 
 def _iq1_m(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
     index = _parts("iq1_m_qh", blocks[:, 32:48], torch.int16)  # 3 grid bits + delta sign per row
-    scales = _words(blocks, 48, 56, torch.int16) & 0x0FFF  # four 3-bit scales per word
+    scales = words(blocks, 48, 56, torch.int16) & 0x0FFF  # four 3-bit scales per word
     pairs = index.view(torch.int32)
     pairs |= _parts("iq1_m_scales", scales, torch.int32)
     index |= blocks[:, :32]
     # the fp16 block scale is spread over the top nibbles of the four scale words
     top = blocks[:, 48:56].reshape(n, 2, 4)[:, :, 1::2]  # high bytes of words 0,1 | 2,3
     d_bytes = (top[:, :, 0] >> 4) | (top[:, :, 1] & 0xF0)
-    return [("iq1", index)], [_reinterpret(d_bytes, torch.float16)]
+    return [("iq1", index)], [reinterpret(d_bytes, torch.float16)]
 
 
 def _iq4_codes(data: torch.Tensor) -> torch.Tensor:
     """(m, 16) code bytes -> (m, 2, 4) int32 "iq4" rows: row [h, m] packs the low (h=0) or high
     (h=1) nibbles of bytes 4m..4m+3, which are weights 16h + 4m .. 16h + 4m + 3."""
-    words = _reinterpret(data, torch.int32)
+    words = reinterpret(data, torch.int32)
     low = words & 0x0F0F0F0F
     high = words >> 4
     high &= 0x0F0F0F0F
@@ -340,7 +324,7 @@ def _iq4_codes(data: torch.Tensor) -> torch.Tensor:
 
 
 def _iq4_nl(blocks: torch.Tensor) -> Decoded:
-    return [("iq4", _iq4_codes(blocks[:, 2:18]))], [_fp16_field(blocks, 0)]
+    return [("iq4", _iq4_codes(blocks[:, 2:18]))], [fp16_field(blocks, 0)]
 
 
 def _iq4_xs(blocks: torch.Tensor) -> Decoded:
@@ -349,81 +333,26 @@ def _iq4_xs(blocks: torch.Tensor) -> Decoded:
     scale |= _parts("nibbles", blocks[:, 4:8], torch.int16)
     scale -= 32
     codes = _iq4_codes(blocks[:, 8:136].reshape(n * 8, 16))
-    return [("iq4", codes)], [scale, _fp16_field(blocks, 0)]
+    return [("iq4", codes)], [scale, fp16_field(blocks, 0)]
 
 
-# --- driver ------------------------------------------------------------------------------------
+# --- the format the shared driver runs --------------------------------------------------------
 
 
-def _decode_into(decode, blocks: torch.Tensor, values: torch.Tensor, spare: torch.Tensor) -> None:
-    """Dequantize `blocks` into `values`; `spare` (at least as large) receives extra gathers."""
+def _decode_into(decode, blocks: torch.Tensor, values: torch.Tensor, spare: torch.Tensor | None) -> None:
+    """Dequantize `blocks` into `values`; `spare` (like values) receives extra gathers."""
     gathers, factors = decode(blocks)
     (table_name, index), *more = gathers
     _gather(_table(table_name, values.device, values.dtype), index, values)
     for table_name, index in more:
-        rows = spare[: values.shape[0]]
-        _gather(_table(table_name, values.device, values.dtype), index, rows)
-        values.mul_(rows)
+        _gather(_table(table_name, values.device, values.dtype), index, spare)
+        values.mul_(spare)
     if values.dtype == torch.float32 and len(factors) > 1:
         # float32 holds every product of the factors exactly: one multiply instead of several
         factors = [functools.reduce(torch.mul, [factor.float() for factor in factors])]
     n = values.shape[0]
     for factor in factors:
         values.view(n, factor.shape[1], -1).mul_(factor.to(values.dtype).unsqueeze(-1))
-
-
-# Kernels run over slices of this many weights. A full-size temporary would be fresh pages, page
-# faulted on every call, and out of cache by the next op; each op on a slice, though, ends in a
-# thread barrier, and on a busy CPU every barrier may wait for a descheduled thread. Measured on a
-# 2-core machine (10240x3840 weight, output in a reused buffer as layers do): 2M weights is
-# fastest (4M: up to 1.2x, 8M: up to 1.6x the time, from temporaries page-faulted again on every
-# call); with a fresh output all sizes from 1M to 8M are within noise. Under heavy load from
-# other processes, fewer slices win (unsliced took ~0.6x the time of 8M slices).
-CPU_CHUNK_WEIGHTS = 1 << 21
-ACCELERATOR_CHUNK_WEIGHTS = 1 << 24
-
-
-def _kernel(ggml_type, decode, float16_direct: bool):
-    """The dequantize function for one type. `float16_direct`: float16 is computed in float16
-    (exact for that decoder); otherwise, and for bfloat16, in float32 scratch cast once."""
-    block_size = GGML_QUANT_SIZES[ggml_type][0]
-
-    def dequantize(blocks: torch.Tensor, out: torch.Tensor) -> None:
-        n = blocks.shape[0]
-        device = blocks.device
-        dtype = out.dtype
-        direct = dtype == torch.float32 or (dtype == torch.float16 and float16_direct)
-        chunk = CPU_CHUNK_WEIGHTS if device.type == "cpu" else ACCELERATOR_CHUNK_WEIGHTS
-        rows = max(1, chunk // block_size)
-        slice_shape = (min(rows, n), block_size)
-        scratch = None if direct else torch.empty(slice_shape, dtype=torch.float32, device=device)
-        # for the types with a separate sign gather; untouched (so never paged in) by the others
-        spare = torch.empty(slice_shape, dtype=dtype if direct else torch.float32, device=device)
-        for start in range(0, n, rows):
-            target = out[start:start + rows]
-            values = target if scratch is None else scratch[: target.shape[0]]
-            _decode_into(decode, blocks[start:start + rows], values, spare)
-            if scratch is not None:
-                target.copy_(values)
-
-    dequantize.__name__ = dequantize.__qualname__ = f"dequantize_{ggml_type.name.lower()}"
-    return dequantize
-
-
-_Q = GGMLQuantizationType
-
-KERNELS = {
-    _Q.IQ1_S: _kernel(_Q.IQ1_S, _iq1_s, float16_direct=True),
-    _Q.IQ1_M: _kernel(_Q.IQ1_M, _iq1_m, float16_direct=True),
-    _Q.IQ2_XXS: _kernel(_Q.IQ2_XXS, _iq2_xxs, float16_direct=True),
-    _Q.IQ2_XS: _kernel(_Q.IQ2_XS, _iq2_xs, float16_direct=True),
-    _Q.IQ2_S: _kernel(_Q.IQ2_S, _iq2_s, float16_direct=True),
-    _Q.IQ3_XXS: _kernel(_Q.IQ3_XXS, _iq3_xxs, float16_direct=True),
-    _Q.IQ3_S: _kernel(_Q.IQ3_S, _iq3_s, float16_direct=True),
-    _Q.IQ4_NL: _kernel(_Q.IQ4_NL, _iq4_nl, float16_direct=True),
-    # (s - 32) x codebook value can need 12 significant bits: float16 cannot hold the factor
-    _Q.IQ4_XS: _kernel(_Q.IQ4_XS, _iq4_xs, float16_direct=False),
-}
 
 
 # --- random valid blocks for tests and the benchmark -------------------------------------------
@@ -449,10 +378,8 @@ def _random_scales(ggml_type, n_blocks: int, rng: np.random.Generator) -> np.nda
 
 
 def _random_blocks(ggml_type):
-    type_size = GGML_QUANT_SIZES[ggml_type][1]
-
     def generate(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
-        blocks = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint8)
+        blocks = random_bytes(rng, n_blocks, ggml_type)
         scale_bytes = _random_scales(ggml_type, n_blocks, rng).view(np.uint8).reshape(n_blocks, 2)
         if ggml_type == _Q.IQ1_M:
             # the fp16 scale lives in the top nibbles of bytes 49, 51, 53, 55
@@ -465,4 +392,44 @@ def _random_blocks(ggml_type):
     return generate
 
 
-RANDOM_BLOCKS = {ggml_type: _random_blocks(ggml_type) for ggml_type in KERNELS}
+# Chunks of this many weights on CPUs, instead of the driver's default (2M measured fastest for
+# the I-quants on 2 cores with the output in a reused buffer: 4M took up to 1.2x, 8M up to 1.6x
+# the time, from temporaries page-faulted again on every call).
+CPU_CHUNK_WEIGHTS = 1 << 21
+
+
+@dataclass(frozen=True, kw_only=True)
+class IQuantFormat(ChunkFormat):
+    """An I-quant on the shared driver: a decoder (blocks -> gathers and factors, above)."""
+
+    decoder: Callable[[torch.Tensor], Decoded]
+
+    def decode(self, blocks: torch.Tensor, values: torch.Tensor, spare: torch.Tensor | None) -> None:
+        _decode_into(self.decoder, blocks, values, spare)
+
+
+def _format(ggml_type, decoder, float16_direct: bool, sign_gather: bool = False):
+    """(kernel, random blocks) of an I-quant. `float16_direct`: float16 is computed in float16
+    (exact for that decoder); otherwise, and for bfloat16, the driver computes in float32 and
+    casts once. `sign_gather`: the decoder's signs are a second gather, which needs the driver's
+    spare chunk."""
+    kernel = IQuantFormat(
+        GGML_QUANT_SIZES[ggml_type][0], decoder=decoder, uses_spare=sign_gather,
+        exact_dtypes=frozenset({torch.float16}) if float16_direct else frozenset(),
+        cpu_chunk_elements=CPU_CHUNK_WEIGHTS,
+    )
+    return kernel, _random_blocks(ggml_type)
+
+
+TYPES = {
+    _Q.IQ1_S: _format(_Q.IQ1_S, _iq1_s, float16_direct=True),
+    _Q.IQ1_M: _format(_Q.IQ1_M, _iq1_m, float16_direct=True),
+    _Q.IQ2_XXS: _format(_Q.IQ2_XXS, _iq2_xxs, float16_direct=True),
+    _Q.IQ2_XS: _format(_Q.IQ2_XS, _iq2_xs, float16_direct=True, sign_gather=True),
+    _Q.IQ2_S: _format(_Q.IQ2_S, _iq2_s, float16_direct=True, sign_gather=True),
+    _Q.IQ3_XXS: _format(_Q.IQ3_XXS, _iq3_xxs, float16_direct=True),
+    _Q.IQ3_S: _format(_Q.IQ3_S, _iq3_s, float16_direct=True),
+    _Q.IQ4_NL: _format(_Q.IQ4_NL, _iq4_nl, float16_direct=True),
+    # (s - 32) x codebook value can need 12 significant bits: float16 cannot hold the factor
+    _Q.IQ4_XS: _format(_Q.IQ4_XS, _iq4_xs, float16_direct=False),
+}

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
-from .blocks import BlockFormat, bit_planes, crumb_planes, device_table, fp16_field, nibble_planes, random_with_fp16_fields
-
-QK_K = 256
+from .blocks import (
+    QK_K, BlockFormat, bit_planes, crumb_planes, device_table, fp16_field, nibble_planes, random_with_fp16_fields, words,
+)
 
 
 @device_table
@@ -31,10 +31,6 @@ def _word_crumb_shifts() -> np.ndarray:
 # Scale bytes are decoded four at a time as little-endian int32 words (the masks keep each
 # byte's bits apart): the per-block decoding is a dozen small ops per chunk instead of dozens.
 
-def _words(blocks: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Bytes start..stop of every block as (m, (stop - start) // 4) int32 words."""
-    return blocks[:, start:stop].clone(memory_format=torch.contiguous_format).view(torch.int32)
-
 
 def _scales_q4_k_q5_k(blocks: torch.Tensor):
     """d * sub_scale and dmin * sub_min from d, dmin and 12 bytes of 6-bit scales and mins.
@@ -43,13 +39,13 @@ def _scales_q4_k_q5_k(blocks: torch.Tensor):
     their low 4 bits from bytes 8-11 (low/high nibble) and their top 2 bits from the top 2
     bits of bytes 0-3 / 4-7.
     """
-    words = _words(blocks, 4, 16)
-    first = words[:, 0:2]  # scales 0-3, mins 0-3
-    third = words[:, 2:3]
+    scale_words = words(blocks, 4, 16)
+    first = scale_words[:, 0:2]  # scales 0-3, mins 0-3
+    third = scale_words[:, 2:3]
     low = first & 0x3F3F3F3F
     high = ((first >> 2) & 0x30303030) | ((third >> _word_nibble_shifts(blocks.device, torch.int32)) & 0x0F0F0F0F)
     six_bit = torch.stack((low, high), dim=2).view(torch.uint8)  # (m, scales/mins, 8)
-    values = fp16_field(blocks, 0, count=2).unsqueeze(-1) * six_bit.float()
+    values = fp16_field(blocks, 0, count=2).float().unsqueeze(-1) * six_bit.float()
     return values[:, 0], values[:, 1]
 
 
@@ -67,7 +63,7 @@ def _unpack_q2_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
 
 
 def _scales_q2_k(blocks: torch.Tensor):
-    factors = fp16_field(blocks, 80, count=2).t().unsqueeze(-1)  # d, dmin: (2, m, 1)
+    factors = fp16_field(blocks, 80, count=2).float().t().unsqueeze(-1)  # d, dmin: (2, m, 1)
     values = nibble_planes(blocks[:, 0:16]).float() * factors
     return values[0], values[1]
 
@@ -90,12 +86,12 @@ def _unpack_q3_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
 
 def _scales_q3_k(blocks: torch.Tensor):
     m = blocks.shape[0]
-    words = _words(blocks, 96, 108)
+    scale_words = words(blocks, 96, 108)
     # Words of scales 0-3, 4-7 (low nibbles of bytes 0-7), then 8-11, 12-15 (high nibbles).
-    low = (words[:, None, 0:2] >> _word_nibble_shifts(blocks.device, torch.int32).view(2, 1)) & 0x0F0F0F0F
-    high = (words[:, 2:3] >> _word_crumb_shifts(blocks.device, torch.int32)) & 0x03030303
+    low = (scale_words[:, None, 0:2] >> _word_nibble_shifts(blocks.device, torch.int32).view(2, 1)) & 0x0F0F0F0F
+    high = (scale_words[:, 2:3] >> _word_crumb_shifts(blocks.device, torch.int32)) & 0x03030303
     six_bit = (low.view(m, 4) | (high << 4)).view(torch.int8) - 32
-    return fp16_field(blocks, 108) * six_bit.float(), None
+    return fp16_field(blocks, 108).float() * six_bit.float(), None
 
 
 # Q4_K: d, dmin, scales[12], qs[128]; Q5_K adds qh[32] before qs. qs byte 32c + l holds
@@ -132,24 +128,32 @@ def _unpack_q6_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
 
 
 def _scales_q6_k(blocks: torch.Tensor):
-    return fp16_field(blocks, 208) * blocks[:, 192:208].contiguous().view(torch.int8).float(), None
+    return fp16_field(blocks, 208).float() * blocks[:, 192:208].contiguous().view(torch.int8).float(), None
 
 
 # widest: the planes of the whole block (bit pairs: 4x its bytes, nibbles: 2x).
-KERNELS = {
-    T.Q2_K: BlockFormat(QK_K, _scales_q2_k, _unpack_q2_k, subtract_min=True, widest=4 * 84),
-    T.Q3_K: BlockFormat(QK_K, _scales_q3_k, _unpack_q3_k, widest=4 * 110),
-    T.Q4_K: BlockFormat(QK_K, _scales_q4_k_q5_k, _unpack_q4_k, subtract_min=True, widest=2 * 144),
-    T.Q5_K: BlockFormat(QK_K, _scales_q4_k_q5_k, _unpack_q5_k, subtract_min=True, widest=2 * 176),
-    T.Q6_K: BlockFormat(QK_K, _scales_q6_k, _unpack_q6_k, widest=2 * 210),
-}
 
 # Bounds keep |w| below about 1: |sub_scale * q| is at most 15*3, 32*4, 63*15, 63*31, 128*32,
 # and dmin * sub_min at most 15 or 63 times dmin.
-RANDOM_BLOCKS = {
-    T.Q2_K: random_with_fp16_fields(T.Q2_K, {80: (1 / 45, False), 82: (1 / 30, False)}),
-    T.Q3_K: random_with_fp16_fields(T.Q3_K, {108: (1 / 128, False)}),
-    T.Q4_K: random_with_fp16_fields(T.Q4_K, {0: (1 / 945, False), 2: (1 / 126, False)}),
-    T.Q5_K: random_with_fp16_fields(T.Q5_K, {0: (1 / 1953, False), 2: (1 / 126, False)}),
-    T.Q6_K: random_with_fp16_fields(T.Q6_K, {208: (1 / 4096, False)}),
+TYPES = {
+    T.Q2_K: (
+        BlockFormat(QK_K, scales=_scales_q2_k, unpack=_unpack_q2_k, subtract_min=True, widest=4 * 84),
+        random_with_fp16_fields(T.Q2_K, {80: (1 / 45, False), 82: (1 / 30, False)}),
+    ),
+    T.Q3_K: (
+        BlockFormat(QK_K, scales=_scales_q3_k, unpack=_unpack_q3_k, widest=4 * 110),
+        random_with_fp16_fields(T.Q3_K, {108: (1 / 128, False)}),
+    ),
+    T.Q4_K: (
+        BlockFormat(QK_K, scales=_scales_q4_k_q5_k, unpack=_unpack_q4_k, subtract_min=True, widest=2 * 144),
+        random_with_fp16_fields(T.Q4_K, {0: (1 / 945, False), 2: (1 / 126, False)}),
+    ),
+    T.Q5_K: (
+        BlockFormat(QK_K, scales=_scales_q4_k_q5_k, unpack=_unpack_q5_k, subtract_min=True, widest=2 * 176),
+        random_with_fp16_fields(T.Q5_K, {0: (1 / 1953, False), 2: (1 / 126, False)}),
+    ),
+    T.Q6_K: (
+        BlockFormat(QK_K, scales=_scales_q6_k, unpack=_unpack_q6_k, widest=2 * 210),
+        random_with_fp16_fields(T.Q6_K, {208: (1 / 4096, False)}),
+    ),
 }

@@ -96,7 +96,7 @@ def _fp16_scales(scale_at: int, min_at: int | None = None) -> Scales:
     """Scales of w = d * q [+ m] with fp16 d (and m) at the given byte offsets of each block."""
 
     def scales(blocks: torch.Tensor):
-        return fp16_field(blocks, scale_at), None if min_at is None else fp16_field(blocks, min_at)
+        return fp16_field(blocks, scale_at).float(), None if min_at is None else fp16_field(blocks, min_at).float()
 
     return scales
 
@@ -104,29 +104,34 @@ def _fp16_scales(scale_at: int, min_at: int | None = None) -> Scales:
 def _legacy(ggml_type: T, unpack: Unpack, scales: Scales, nibbles: bool = True) -> BlockFormat:
     """Nibble unpackers split every byte of a block in two: 2 * type_size elements."""
     block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-    return BlockFormat(block_size, scales, unpack, widest=2 * type_size if nibbles else 0)
+    return BlockFormat(block_size, scales=scales, unpack=unpack, widest=2 * type_size if nibbles else 0)
 
 
-KERNELS = {
-    T.F32: _float_kernel(torch.float32),
-    T.F16: _float_kernel(torch.float16),
-    T.BF16: _float_kernel(torch.bfloat16),
-    T.Q4_0: _legacy(T.Q4_0, _unpack_q4_0, _fp16_scales(0)),
-    T.Q4_1: _legacy(T.Q4_1, _unpack_q4_1, _fp16_scales(0, 2)),
-    T.Q5_0: _legacy(T.Q5_0, _five_bit_unpacker(_fifth_bit_minus_16, 2), _fp16_scales(0)),
-    T.Q5_1: _legacy(T.Q5_1, _five_bit_unpacker(_fifth_bit_16, 4), _fp16_scales(0, 2)),
-    T.Q8_0: _legacy(T.Q8_0, _unpack_q8_0, _fp16_scales(0), nibbles=False),
-}
 
 # Scale bounds keep |w| below about 1: |q| <= 8, 16, 128 for the 4-, 5- and 8-bit types;
 # the unsigned types add a min of at most 0.5 to d * q <= 15 d or 31 d.
-RANDOM_BLOCKS = {
-    T.F32: _random_floats("<f4"),
-    T.F16: _random_floats("<f2"),
-    T.BF16: _random_floats("bf16"),
-    T.Q4_0: random_with_fp16_fields(T.Q4_0, {0: (1 / 8, True)}),
-    T.Q4_1: random_with_fp16_fields(T.Q4_1, {0: (1 / 30, False), 2: (0.5, True)}),
-    T.Q5_0: random_with_fp16_fields(T.Q5_0, {0: (1 / 16, True)}),
-    T.Q5_1: random_with_fp16_fields(T.Q5_1, {0: (1 / 62, False), 2: (0.5, True)}),
-    T.Q8_0: random_with_fp16_fields(T.Q8_0, {0: (1 / 128, True)}),
+TYPES = {
+    T.F32: (_float_kernel(torch.float32), _random_floats("<f4")),
+    T.F16: (_float_kernel(torch.float16), _random_floats("<f2")),
+    T.BF16: (_float_kernel(torch.bfloat16), _random_floats("bf16")),
+    T.Q4_0: (
+        _legacy(T.Q4_0, _unpack_q4_0, _fp16_scales(0)),
+        random_with_fp16_fields(T.Q4_0, {0: (1 / 8, True)}),
+    ),
+    T.Q4_1: (
+        _legacy(T.Q4_1, _unpack_q4_1, _fp16_scales(0, 2)),
+        random_with_fp16_fields(T.Q4_1, {0: (1 / 30, False), 2: (0.5, True)}),
+    ),
+    T.Q5_0: (
+        _legacy(T.Q5_0, _five_bit_unpacker(_fifth_bit_minus_16, 2), _fp16_scales(0)),
+        random_with_fp16_fields(T.Q5_0, {0: (1 / 16, True)}),
+    ),
+    T.Q5_1: (
+        _legacy(T.Q5_1, _five_bit_unpacker(_fifth_bit_16, 4), _fp16_scales(0, 2)),
+        random_with_fp16_fields(T.Q5_1, {0: (1 / 62, False), 2: (0.5, True)}),
+    ),
+    T.Q8_0: (
+        _legacy(T.Q8_0, _unpack_q8_0, _fp16_scales(0), nibbles=False),
+        random_with_fp16_fields(T.Q8_0, {0: (1 / 128, True)}),
+    ),
 }
