@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import functools
 
+from .buffers import release_output_buffers
 from .layers import LayerOptions, make_layer_namespace
 from .tensor import QuantizedTensor
+
+
+_RELEASE_KEY = "zimage_gguf_release_output_buffers"
 
 
 def make_comfy_ops(options: LayerOptions = LayerOptions()):
@@ -91,9 +95,15 @@ def as_gguf_patcher(patcher, patch_on_device: bool = False):
     """
     import comfy.model_patcher
 
+    from comfy.patcher_extension import CallbacksMP
+
     cls = gguf_model_patcher_class()
     if type(patcher) not in (comfy.model_patcher.ModelPatcher, cls):
         raise TypeError(f"expected a plain ComfyUI ModelPatcher, got {type(patcher).__name__}")
     patcher.__class__ = cls
     patcher.patch_on_device = patch_on_device
+    # Unloading a model (unload_all_models, /free, or making room) detaches its patcher: the
+    # dequantization buffers go too. Callbacks are copied to clones.
+    patcher.remove_callbacks_with_key(CallbacksMP.ON_DETACH, _RELEASE_KEY)
+    patcher.add_callback_with_key(CallbacksMP.ON_DETACH, _RELEASE_KEY, release_output_buffers)
     return patcher

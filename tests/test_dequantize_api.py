@@ -1,4 +1,6 @@
 """The public `comfyui_zimage_gguf.ops.dequantize`: shape, dtype and device of the result, and its errors."""
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +147,33 @@ def test_an_unfit_out_raises_saying_what_it_must_be(out, problem):
     data = raw_weight(T.Q8_0, rows=2, blocks_per_row=2)
     with pytest.raises(ZImageGGUFError, match=r"out must be a contiguous torch\.float16 tensor of shape \[2, 64\] on cpu; got .*" + problem):
         dequantize(data, T.Q8_0, (2, 64), torch.float16, out=out)
+
+
+def _threads_of_a_new_thread() -> int:
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_leaves_the_callers_and_new_threads_intra_op_settings_alone(monkeypatch):
+    # torch.set_num_threads anywhere (even in a helper thread) changes what threads started later
+    # get; dequantization must change neither that nor the caller's own setting.
+    monkeypatch.setattr(kernel_blocks, "CPU_CHUNK_ELEMENTS", 4 * 2 * 144)
+    data = raw_weight(T.Q4_K, rows=8, blocks_per_row=4)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        before = _threads_of_a_new_thread()
+        dequantize(data, T.Q4_K, (8, 1024), torch.float16)
+        assert torch.get_num_threads() == 2
+        assert _threads_of_a_new_thread() == before == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_helper_threads_run_single_threaded_when_the_caller_has_several():
+    pool = kernel_blocks._helper_pool(2)
+    assert pool is not None  # this torch (OpenMP) lets a thread's count be set alone
+    assert pool.submit(torch.get_num_threads).result() == 1

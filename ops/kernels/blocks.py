@@ -22,7 +22,11 @@ float16 conversion.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
+import glob
+import os
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -94,15 +98,51 @@ class BlockFormat(ChunkFormat):
             sub_blocks.add_(minimum.unsqueeze(-1))
 
 
+def _omp_set_num_threads():
+    """OpenMP's omp_set_num_threads as torch loaded it, or None (another parallel backend, or not found)."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    candidates = []
+    with contextlib.suppress(OSError):
+        with open("/proc/self/maps") as maps:  # Linux: the runtime torch actually loaded
+            candidates += sorted({line.split()[-1] for line in maps if "omp" in line.rsplit("/", 1)[-1]})
+    candidates += sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "*omp*")))
+    for path in candidates:
+        with contextlib.suppress(OSError, AttributeError):
+            return ctypes.CDLL(path).omp_set_num_threads
+    return None
+
+
+def _single_thread_this_thread() -> bool:
+    """Make torch ops in the calling (helper) thread run single-threaded, touching nothing else.
+
+    torch.set_num_threads cannot do that: besides the calling thread it sets the count that every
+    thread started afterwards takes (measured: a thread started after a helper called
+    torch.set_num_threads(1) ran with 1). OpenMP's own omp_set_num_threads sets only the calling
+    thread's count, which is what torch's OpenMP backend reads.
+    """
+    setter = _omp_set_num_threads()
+    if setter is None:
+        return False
+    torch.get_num_threads()  # torch's lazy per-thread initialisation first, so it cannot undo this
+    setter(1)
+    return torch.get_num_threads() == 1
+
+
 @functools.lru_cache(maxsize=None)
-def _helper_pool(n_helpers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=n_helpers, thread_name_prefix="zimage-dequant")
+def _helper_pool(n_helpers: int) -> ThreadPoolExecutor | None:
+    """n single-threaded helper threads, or None where a thread's intra-op count cannot be set alone."""
+    probe = ThreadPoolExecutor(max_workers=1)
+    try:
+        if not probe.submit(_single_thread_this_thread).result():
+            return None
+    finally:
+        probe.shutdown()
+    return ThreadPoolExecutor(max_workers=n_helpers, thread_name_prefix="zimage-dequant",
+                              initializer=_single_thread_this_thread)
 
 
-def _single_threaded(work: Callable[[], None], inference: bool, grad: bool) -> None:
-    # Helper-pool threads only ever run dequantization work, so the setting can stay.
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
+def _in_modes(work: Callable[[], None], inference: bool, grad: bool) -> None:
     # Inference and grad modes are per thread: take the caller's, or in-place writes into
     # tensors it made under torch.inference_mode() (as ComfyUI runs) would be refused.
     with torch.inference_mode(inference), torch.set_grad_enabled(grad):
@@ -112,13 +152,13 @@ def _single_threaded(work: Callable[[], None], inference: bool, grad: bool) -> N
 def dequantize_blocks(blocks: torch.Tensor, out: torch.Tensor, fmt: ChunkFormat) -> None:
     """(n, type_size) uint8 blocks -> their values in `out` ((n, block_size), contiguous), chunk by chunk.
 
-    CPU threading: chunks are shared out between the calling thread and helper threads (as
-    many threads as torch.get_num_threads()), each running its ops single-threaded and taking
-    the next chunk when done; torch ops release the GIL. torch's own intra-op threading would
-    put a barrier after each of the many small ops, and on a busy machine every barrier waits
-    for a descheduled thread (measured: seconds instead of tens of milliseconds). The calling
-    thread's intra-op setting (torch.set_num_threads, which also sets the default that threads
-    starting meanwhile pick up) is restored before returning, once the helpers are done.
+    CPU threading: chunks are shared out between helper threads (as many as the caller's
+    torch.get_num_threads()), each running its ops single-threaded and taking the next chunk
+    when done; torch ops release the GIL. torch's own intra-op threading would put a barrier
+    after each of the many small ops, and on a busy machine every barrier waits for a
+    descheduled thread (measured: seconds instead of tens of milliseconds). The caller waits;
+    no thread setting of the caller, or of the process, changes. A caller set to one thread,
+    or a torch whose threads cannot be set one at a time, runs the chunks in the calling thread.
     """
     n_blocks = blocks.shape[0]
     block_size = fmt.block_size
@@ -146,24 +186,17 @@ def dequantize_blocks(blocks: torch.Tensor, out: torch.Tensor, fmt: ChunkFormat)
             if staged:
                 target.copy_(values)
 
-    caller_threads = torch.get_num_threads()
-    threads = min(caller_threads, len(block_chunks)) if on_cpu else 1
-    if not on_cpu or caller_threads == 1:
+    caller_threads = torch.get_num_threads() if on_cpu else 1
+    pool = _helper_pool(caller_threads) if caller_threads > 1 else None
+    if pool is None:
         work()
         return
-    # Even a single chunk runs single-threaded: intra-op barriers cost more than they save here.
-    torch.set_num_threads(1)
-    try:
-        modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
-        helpers = [_helper_pool(threads - 1).submit(_single_threaded, work, *modes) for _ in range(threads - 1)]
-        try:
-            work()
-        finally:
-            futures.wait(helpers)
-        for helper in helpers:
-            helper.result()
-    finally:
-        torch.set_num_threads(caller_threads)
+    # Even a single chunk goes to a helper: intra-op barriers cost more than they save here.
+    modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+    helpers = [pool.submit(_in_modes, work, *modes) for _ in range(min(caller_threads, len(block_chunks)))]
+    futures.wait(helpers)
+    for helper in helpers:
+        helper.result()
 
 
 def reinterpret(data: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
