@@ -16,6 +16,7 @@ from helpers.fake_comfyui import expected_colour
 from helpers.png import solid_png_colour
 
 from comfyui_zimage_gguf.api.bridge import is_loopback_host
+from comfyui_zimage_gguf.cli.main import main
 
 
 def wait_until(condition, timeout=10.0):
@@ -119,32 +120,37 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_serve(*args, timeout=30):
-    return subprocess.run(
-        [sys.executable, "-m", "comfyui_zimage_gguf", "serve", *args],
-        capture_output=True, text=True, timeout=timeout,
-    )
+def run_serve(capsys, *args) -> tuple[int, str]:
+    """The serve command in this process: (exit status, stderr)."""
+    status = main(["serve", *args])
+    return status, capsys.readouterr().err
 
 
-def test_port_in_use_exits_with_one_line():
+def test_port_in_use_exits_with_one_line(capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_serve("--comfyui", "http://127.0.0.1:9", "--port", str(port))
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == f"error: port {port} is in use; pick another with --port"
-    assert "Traceback" not in result.stderr
+        status, stderr = run_serve(capsys, "--comfyui", "http://127.0.0.1:9", "--port", str(port))
+    assert status == 1
+    assert stderr == f"error: port {port} is in use; pick another with --port\n"
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::"])
-def test_refuses_a_non_loopback_address_without_a_key(host):
-    result = run_serve("--comfyui", "http://127.0.0.1:9", "--host", host, "--port", str(free_port()))
-    assert result.returncode == 1
-    assert result.stderr.strip() == (
+def test_refuses_a_non_loopback_address_without_a_key(capsys, host, monkeypatch):
+    monkeypatch.delenv("ZIMAGE_GGUF_API_KEY", raising=False)
+    monkeypatch.delenv("ZIMAGE_GGUF_API_KEY_FILE", raising=False)
+    status, stderr = run_serve(capsys, "--comfyui", "http://127.0.0.1:9", "--host", host, "--port", str(free_port()))
+    assert status == 1
+    assert stderr == (
         f"error: refusing to listen on {host} without an API key; set --api-key, --api-key-file or "
-        "ZIMAGE_GGUF_API_KEY, or listen on 127.0.0.1"
+        "ZIMAGE_GGUF_API_KEY, or listen on 127.0.0.1\n"
     )
+
+
+def test_missing_workflows_folder_is_one_line(capsys, tmp_path):
+    status, stderr = run_serve(capsys, "--comfyui", "http://127.0.0.1:9", "--workflows", str(tmp_path / "nope"))
+    assert (status, stderr) == (1, f"error: {tmp_path / 'nope'}: the workflows folder does not exist\n")
 
 
 def test_loopback_detection():

@@ -259,7 +259,7 @@ def test_concurrent_clients_each_get_their_own_images(api, fake):
 
 
 def test_more_waiting_requests_than_the_limit_get_429_with_retry_after():
-    fake = start_fake(run_seconds=1.5)
+    fake = start_fake(run_seconds=0.6)
     server = start_api([fake.url], max_waiting=2)
     try:
         waiting = [
