@@ -16,6 +16,12 @@ from ..errors import ZImageGGUFError
 SAMPLER_SEED_INPUT = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed"}
 LATENT_TYPES = ("EmptySD3LatentImage", "EmptyLatentImage")
 PROMPT_ENCODER_TYPE = "CLIPTextEncode"
+# Model files, set by loader node type: parameter -> {class_type: input name}
+MODEL_FILE_INPUTS = {
+    "unet": {"ZImageGGUFDiffusionModelLoader": "unet_name", "UNETLoader": "unet_name", "UnetLoaderGGUF": "unet_name"},
+    "clip": {"ZImageGGUFTextEncoderLoader": "clip_name", "CLIPLoader": "clip_name", "CLIPLoaderGGUF": "clip_name"},
+    "vae": {"VAELoader": "vae_name"},
+}
 
 
 class WorkflowError(ZImageGGUFError, ValueError):
@@ -106,6 +112,9 @@ def apply_overrides(
     steps=None,
     batch_size=None,
     negative_prompt=None,
+    unet=None,
+    clip=None,
+    vae=None,
     label: str = "{}",
 ) -> AppliedWorkflow:
     """Return a copy of the workflow with the given inputs replaced on every node of the matching type.
@@ -145,4 +154,9 @@ def apply_overrides(
         if value is not None:
             for latent in _require(_nodes_of_type(workflow, LATENT_TYPES), " or ".join(LATENT_TYPES), name, label):
                 latent["inputs"][name] = value
+    for name, value in (("unet", unet), ("clip", clip), ("vae", vae)):
+        if value is not None:
+            inputs = MODEL_FILE_INPUTS[name]
+            for loader in _require(_nodes_of_type(workflow, inputs), " or ".join(inputs), name, label):
+                loader["inputs"][inputs[loader["class_type"]]] = value
     return AppliedWorkflow(workflow, notes)

@@ -6,7 +6,11 @@ never by node id, so it works on any export of the workflow.
 """
 from __future__ import annotations
 
+import base64
 import json
+import os
+import socket
+import struct
 import sys
 import time
 import urllib.error
@@ -16,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from ..api.comfy_messages import describe_execution_failure, describe_validation_failure
-from ..api.workflow_params import WorkflowError, apply_overrides, load_api_workflow
+from ..api.workflow_params import SAMPLER_SEED_INPUT, WorkflowError, apply_overrides, load_api_workflow
 from ..errors import ZImageGGUFError
 
 REQUEST_TIMEOUT_S = 30.0
@@ -30,7 +34,7 @@ def add_queue_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "queue",
         help="queue an API-format workflow on a running ComfyUI server and save the image",
-        description="Queue an API-format workflow (e.g. workflows/z_image_turbo_gguf_api.json) on a "
+        description="Queue an API-format workflow (e.g. workflows/api/z_image_turbo_gguf_api.json) on a "
         "ComfyUI server, follow it to the end and save the image it returns.",
     )
     parser.add_argument("workflow", help="API-format workflow JSON (ComfyUI: Save (API))")
@@ -40,6 +44,9 @@ def add_queue_parser(subparsers) -> None:
     parser.add_argument("--width", type=int, help="latent image width in pixels")
     parser.add_argument("--height", type=int, help="latent image height in pixels")
     parser.add_argument("--steps", type=int, help="sampler steps")
+    parser.add_argument("--unet", help="diffusion model file for the diffusion-model loader (name as the loader lists it)")
+    parser.add_argument("--clip", help="text encoder file for the text-encoder loader (name as the loader lists it)")
+    parser.add_argument("--vae", help="VAE file for the VAE loader (name as the loader lists it)")
     parser.add_argument("--out", help="where to save the image (default: the server's file name, in the current folder)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the result (default %(default)s)")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between progress checks (default %(default)s)")
@@ -55,12 +62,20 @@ def run_queue(args) -> int:
             width=args.width,
             height=args.height,
             steps=args.steps,
+            unet=args.unet,
+            clip=args.clip,
+            vae=args.vae,
             label="--{}",
         ).workflow
         client = ComfyClient(args.server)
         check_node_types(client, workflow)
-        prompt_id = submit(client, workflow)
+        client_id = uuid.uuid4().hex
+        events = open_events(client, client_id)
+        start = time.monotonic()
+        prompt_id = submit(client, workflow, client_id)
         print(f"queued prompt {prompt_id} on {client.base_url}", flush=True)
+        if events is not None:
+            follow_progress(events, workflow, prompt_id, start, args.timeout)
         outputs = wait_for_outputs(client, prompt_id, timeout_s=args.timeout, poll_interval_s=args.poll_interval)
         for path in save_images(client, outputs, args.out):
             print(f"saved {path}", flush=True)
@@ -128,12 +143,149 @@ def check_node_types(client: ComfyClient, workflow: dict) -> None:
         )
 
 
-def submit(client: ComfyClient, workflow: dict) -> str:
-    status, body = client.request_json("/prompt", {"prompt": workflow, "client_id": uuid.uuid4().hex})
+def submit(client: ComfyClient, workflow: dict, client_id: str | None = None) -> str:
+    status, body = client.request_json("/prompt", {"prompt": workflow, "client_id": client_id or uuid.uuid4().hex})
     if status != 200 or not isinstance(body, dict) or "prompt_id" not in body:
         detail = describe_validation_failure(body) if isinstance(body, dict) else body
         raise QueueCommandError(f"ComfyUI rejected the workflow: {detail}")
     return body["prompt_id"]
+
+
+class EventStream:
+    """ComfyUI's websocket (`/ws?clientId=...`), read with the standard library: text messages as dicts."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buffer = b""
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the progress connection")
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def _send(self, opcode: int, payload: bytes = b"") -> None:
+        mask = os.urandom(4)  # client frames are masked (RFC 6455)
+        header = bytes([0x80 | opcode, 0x80 | len(payload)])  # control frames only: payload < 126
+        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def next_message(self, timeout_s: float) -> dict | None:
+        """The next JSON text message, or None when none came within timeout_s."""
+        self.sock.settimeout(timeout_s)
+        message, opcode = b"", None
+        try:
+            while True:
+                first, second = self._read(2)
+                length = second & 0x7F
+                if length == 126:
+                    length = struct.unpack(">H", self._read(2))[0]
+                elif length == 127:
+                    length = struct.unpack(">Q", self._read(8))[0]
+                payload = self._read(length)
+                frame_opcode = first & 0x0F
+                if frame_opcode == 0x9:  # ping
+                    self._send(0xA, payload)
+                    continue
+                if frame_opcode == 0x8:
+                    raise ConnectionError("the server closed the progress connection")
+                if frame_opcode in (0x1, 0x2):
+                    opcode, message = frame_opcode, payload
+                elif frame_opcode == 0x0:
+                    message += payload
+                if first & 0x80:  # final fragment
+                    if opcode == 0x1:
+                        return json.loads(message.decode("utf-8"))
+                    message, opcode = b"", None  # binary: preview images
+        except socket.timeout:
+            return None
+
+    def close(self) -> None:
+        try:
+            self._send(0x8)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def open_events(client: ComfyClient, client_id: str) -> EventStream | None:
+    """Connect to the server's websocket for live progress; None (progress by polling) when that fails."""
+    url = urllib.parse.urlsplit(client.base_url)
+    if url.scheme != "http":
+        return None
+    path = (url.path.rstrip("/") or "") + f"/ws?clientId={client_id}"
+    key = base64.b64encode(os.urandom(16)).decode()
+    try:
+        sock = socket.create_connection((url.hostname, url.port or 80), timeout=client.timeout_s)
+        sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        response = b""
+        while b"\r\n\r\n" not in response:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed during the handshake")
+            response += chunk
+    except OSError:
+        return None
+    head, _, rest = response.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        sock.close()
+        return None
+    stream = EventStream(sock)
+    stream.buffer = rest
+    return stream
+
+
+def _node_name(workflow: dict, node_id) -> str:
+    node = workflow.get(str(node_id)) or {}
+    title = (node.get("_meta") or {}).get("title") or node.get("class_type") or "node"
+    return f"{title} (#{node_id})"
+
+
+def follow_progress(events: EventStream, workflow: dict, prompt_id: str, start: float, timeout_s: float) -> None:
+    """Print what the server reports while it runs the prompt: each node as it starts, sampler steps
+    n/N, other progress at most every 2 s, each line with the elapsed time. Returns when the prompt
+    ends (the outcome is then read from /history); a dropped connection ends it quietly."""
+    samplers = {node_id for node_id, node in workflow.items() if node.get("class_type") in SAMPLER_SEED_INPUT}
+    last_shown: dict[str, float] = {}
+
+    def show(text: str) -> None:
+        print(f"[{time.monotonic() - start:6.1f}s] {text}", flush=True)
+
+    try:
+        while time.monotonic() - start < timeout_s:
+            message = events.next_message(timeout_s=5.0)
+            if message is None:
+                continue
+            kind, data = message.get("type"), message.get("data") or {}
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            if kind == "status":
+                remaining = ((data.get("status") or {}).get("exec_info") or {}).get("queue_remaining")
+                if remaining and remaining > 1:
+                    show(f"waiting in queue ({remaining - 1} ahead)")
+            elif kind == "execution_cached" and data.get("nodes"):
+                show(f"reused from the last run: {', '.join(_node_name(workflow, n) for n in data['nodes'])}")
+            elif kind == "executing":
+                if data.get("node") is None:
+                    return
+                show(_node_name(workflow, data["node"]))
+            elif kind == "progress":
+                node, value, total = str(data.get("node")), data.get("value"), data.get("max")
+                now = time.monotonic()
+                if node in samplers:
+                    show(f"{_node_name(workflow, node)}: step {value}/{total}")
+                elif value == total or now - last_shown.get(node, 0.0) >= 2.0:
+                    show(f"{_node_name(workflow, node)}: {100 * value // max(total, 1)}%")
+                    last_shown[node] = now
+            elif kind in ("execution_success", "execution_error", "execution_interrupted"):
+                return
+    except (ConnectionError, OSError, ValueError):
+        return
+    finally:
+        events.close()
 
 
 def _queue_state(client: ComfyClient, prompt_id: str) -> str:

@@ -13,8 +13,8 @@ import pytest
 
 from comfyui_zimage_gguf.cli.queue import add_queue_parser, run_queue
 
-API_WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "z_image_turbo_gguf_api.json"
-UI_WORKFLOW = API_WORKFLOW.with_name("z_image_turbo_gguf.json")
+API_WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "api" / "z_image_turbo_gguf_api.json"
+UI_WORKFLOW = API_WORKFLOW.parents[1] / "z_image_turbo_gguf.json"
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 
 
@@ -157,6 +157,8 @@ def test_json_that_is_no_workflow(tmp_path, capsys):
         ("--steps", "2", "KSampler"),
         ("--width", "64", "EmptySD3LatentImage or EmptyLatentImage"),
         ("--prompt", "a cat", "CLIPTextEncode feeding a sampler's positive input"),
+        ("--unet", "z.gguf", "ZImageGGUFDiffusionModelLoader or UNETLoader or UnetLoaderGGUF"),
+        ("--clip", "q.gguf", "ZImageGGUFTextEncoderLoader or CLIPLoader or CLIPLoaderGGUF"),
     ],
 )
 def test_override_without_its_node_is_refused(tmp_path, capsys, option, value, missing):
@@ -172,12 +174,18 @@ def test_unreachable_server(capsys):
     assert one_line_error(capsys).startswith(f"error: cannot reach ComfyUI at http://127.0.0.1:{port}: ")
 
 
+def node_id_of(workflow: dict, class_type: str) -> str:
+    (node_id,) = [key for key, node in workflow.items() if node["class_type"] == class_type]
+    return node_id
+
+
 def test_success_applies_overrides_by_node_type_and_saves_the_image(fake_server, tmp_path, capsys):
     script = FakeComfy(workflow_types(), history_after_polls=2)
     url = fake_server(script)
     out = tmp_path / "out.png"
     argv = [str(API_WORKFLOW), "--server", url, "--prompt", "a red fox in snow", "--seed", "123",
-            "--width", "64", "--height", "96", "--steps", "2", "--out", str(out), "--poll-interval", "0.01"]
+            "--width", "64", "--height", "96", "--steps", "2", "--out", str(out), "--poll-interval", "0.01",
+            "--unet", "z_image_turbo-Q4_K_M.gguf", "--clip", "Qwen3-4B-Q6_K.gguf", "--vae", "other_ae.safetensors"]
     assert run_cli(argv) == 0
 
     assert out.read_bytes() == PNG_BYTES
@@ -199,6 +207,9 @@ def test_success_applies_overrides_by_node_type_and_saves_the_image(fake_server,
         (sampler_id, "steps"): 2,
         (latent_id, "width"): 64,
         (latent_id, "height"): 96,
+        (node_id_of(original, "ZImageGGUFDiffusionModelLoader"), "unet_name"): "z_image_turbo-Q4_K_M.gguf",
+        (node_id_of(original, "ZImageGGUFTextEncoderLoader"), "clip_name"): "Qwen3-4B-Q6_K.gguf",
+        (node_id_of(original, "VAELoader"), "vae_name"): "other_ae.safetensors",
     }
     stdout = capsys.readouterr().out
     assert "queued prompt p-1" in stdout

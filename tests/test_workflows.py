@@ -17,7 +17,7 @@ import pytest
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 UI_FILE = WORKFLOWS / "z_image_turbo_gguf.json"
-API_FILE = WORKFLOWS / "z_image_turbo_gguf_api.json"
+API_FILE = WORKFLOWS / "api" / "z_image_turbo_gguf_api.json"
 
 
 @dataclass(frozen=True)
@@ -296,3 +296,55 @@ def test_canonical_graph_ignores_node_ids(api):
         for old, node in api.items()
     }
     assert canonical_graph(renumbered) == canonical_graph(api)
+
+
+# --- What the editor offers and shows ---------------------------------------------------------
+
+# The frontend (comfyui-frontend-package 1.42) opens a template with fitView(): nodes' bounds scaled by
+# 0.75 of the canvas, and draws no node text below MinFontSizeForLOD (8 px) / NODE_TEXT_SIZE (14 px).
+FIT_ZOOM = 0.75
+TEXT_DRAWS_FROM_SCALE = 8 / 14
+WINDOW = (1600, 1000)
+NODE_TITLE_HEIGHT = 30
+
+
+def node_bounds(ui: dict) -> tuple[float, float, float, float]:
+    """(x, y, width, height) of all nodes with their title bars, as the editor's fitView measures them."""
+    left = min(n["pos"][0] for n in ui["nodes"])
+    top = min(n["pos"][1] - NODE_TITLE_HEIGHT for n in ui["nodes"])
+    right = max(n["pos"][0] + n["size"][0] for n in ui["nodes"])
+    bottom = max(n["pos"][1] + n["size"][1] for n in ui["nodes"])
+    return left, top, right - left, bottom - top
+
+
+def test_only_ui_format_files_are_offered_as_templates():
+    """ComfyUI lists every workflows/*.json as a template (custom_node_manager: `*/workflows/*.json`);
+    the API-format file lives in workflows/api/, which it does not scan."""
+    for path in WORKFLOWS.glob("*.json"):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        assert "nodes" in data and "links" in data, f"{path.name} is not a UI-format workflow"
+    assert API_FILE.parent == WORKFLOWS / "api" and API_FILE.is_file()
+
+
+def test_template_opens_at_a_zoom_where_text_draws(ui):
+    _, _, width, height = node_bounds(ui)
+    fit_scale = min(FIT_ZOOM * WINDOW[0] / max(width, 300), FIT_ZOOM * WINDOW[1] / max(height, 300))
+    assert fit_scale > TEXT_DRAWS_FROM_SCALE + 0.1, (fit_scale, width, height)
+
+
+def test_stored_view_shows_every_node_at_a_readable_zoom(ui):
+    ds = ui["extra"]["ds"]
+    scale, (offset_x, offset_y) = ds["scale"], ds["offset"]
+    assert scale >= 0.7
+    left, top, width, height = node_bounds(ui)
+    # screen = (canvas + offset) * scale: the whole graph lies inside a 1600x1000 window
+    assert (left + offset_x) * scale >= 0 and (left + width + offset_x) * scale <= WINDOW[0]
+    assert (top + offset_y) * scale >= 0 and (top + height + offset_y) * scale <= WINDOW[1]
+
+
+def test_note_names_the_recommended_folder_and_every_model_link(ui):
+    (note,) = [n for n in ui["nodes"] if n["type"] in FRONTEND_ONLY_TYPES]
+    text = note["widgets_values"][0]
+    assert "custom_nodes/comfyui-zimage-gguf" in text
+    for entry in (e for n in ui["nodes"] for e in n.get("properties", {}).get("models", [])):
+        assert entry["url"] in text and f"models/{entry['directory']}/" in text

@@ -14,7 +14,7 @@ import urllib.parse
 from pathlib import Path
 
 
-API_WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "z_image_turbo_gguf_api.json"
+API_WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "z_image_turbo_gguf_api.json"
 TEST_SIZE = 64
 TEST_STEPS = 1
 
@@ -101,17 +101,23 @@ def test_api_workflow_returns_an_image(comfy_server, zimage_gguf_name, qwen3_4b_
 
 def test_queue_command_end_to_end(comfy_server, zimage_gguf_name, qwen3_4b_gguf_name, flux_vae_name, tmp_path, cli_env,
                                   run_timeout_s):
-    workflow_path = tmp_path / "small_api.json"
-    workflow_path.write_text(json.dumps(small_workflow(zimage_gguf_name, qwen3_4b_gguf_name, flux_vae_name)))
+    # The shipped file as it is: the model files are set by --unet/--clip/--vae, as a user would.
     out = tmp_path / "fox.png"
     result = subprocess.run(
-        [sys.executable, "-m", "comfyui_zimage_gguf", "queue", str(workflow_path), "--server", comfy_server.url,
+        [sys.executable, "-m", "comfyui_zimage_gguf", "queue", str(API_WORKFLOW), "--server", comfy_server.url,
+         "--unet", zimage_gguf_name, "--clip", qwen3_4b_gguf_name, "--vae", flux_vae_name,
          "--prompt", "a red fox in fresh snow", "--seed", "7", "--width", "96", "--height", "64",
-         "--steps", "1", "--out", str(out), "--poll-interval", "0.5", "--timeout", str(run_timeout_s)],
+         "--steps", "2", "--out", str(out), "--poll-interval", "0.5", "--timeout", str(run_timeout_s)],
         capture_output=True, text=True, timeout=run_timeout_s + 60, env=cli_env, cwd=tmp_path,
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert f"saved {out}" in result.stdout
+    # live progress from the websocket: node names as they start and the sampler's steps
+    sampler_id = next(key for key, node in json.loads(API_WORKFLOW.read_text()).items()
+                      if node["class_type"] == "KSampler")
+    assert f"] KSampler (#{sampler_id}): step 1/2" in result.stdout, result.stdout
+    assert f"] KSampler (#{sampler_id}): step 2/2" in result.stdout, result.stdout
+    assert "Load Diffusion Model" in result.stdout or "ZImageGGUFDiffusionModelLoader" in result.stdout, result.stdout
     assert png_size(out.read_bytes()) == (96, 64)
 
 

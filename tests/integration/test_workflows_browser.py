@@ -2,7 +2,10 @@
 
 It must open with every node type known and no error, offer its three model files as missing
 downloads (the real files are not here), and the prompt the editor builds from it must equal the
-shipped API file up to node ids.
+shipped API file up to node ids. It opens at a zoom where the editor draws text, in a 1600x1000
+window, both as a template and as a file; a wrong encoder shows our error in the toast; and the node
+search finds the loaders by the words users type. Screenshots of each go to $ZIMAGE_GGUF_SCREENSHOTS
+(default /tmp/zimage-screens).
 """
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ CHROMIUM_FLAGS = [
     "--disable-component-update", "--disable-sync",
 ]
 EDITOR_READY_TIMEOUT_MS = 180_000
+WINDOW = {"width": 1600, "height": 1000}
+SCREENSHOTS = Path(os.environ.get("ZIMAGE_GGUF_SCREENSHOTS", "/tmp/zimage-screens"))
+# The frontend draws node text from MinFontSizeForLOD (8 px) / NODE_TEXT_SIZE (14 px) zoom up.
+TEXT_DRAWS_FROM_SCALE = 8 / 14
 
 OPEN_WORKFLOW_JS = """async (workflow) => {
     await window.app.loadGraphData(workflow);
@@ -52,7 +59,7 @@ def editor(comfy_server, tmp_path_factory):
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_FLAGS,
+            args=CHROMIUM_FLAGS, viewport=WINDOW,
         )
         try:
             page = context.new_page()
@@ -110,7 +117,7 @@ def graphs(load_tests_helper):
 
 def test_ui_workflow_opens_cleanly_and_builds_the_api_prompt(editor, graphs):
     ui = json.loads((WORKFLOWS / "z_image_turbo_gguf.json").read_text(encoding="utf-8"))
-    api = json.loads((WORKFLOWS / "z_image_turbo_gguf_api.json").read_text(encoding="utf-8"))
+    api = json.loads((WORKFLOWS / "api" / "z_image_turbo_gguf_api.json").read_text(encoding="utf-8"))
     models = model_entries(ui)
     opened = open_workflow(editor, ui)
 
@@ -131,7 +138,7 @@ def test_ui_workflow_opens_cleanly_and_builds_the_api_prompt(editor, graphs):
 def test_a_missing_node_type_would_be_caught(editor, graphs):
     # The same checks on a copy naming a node type no server has: proves they can fail.
     ui = json.loads((WORKFLOWS / "z_image_turbo_gguf.json").read_text(encoding="utf-8"))
-    api = json.loads((WORKFLOWS / "z_image_turbo_gguf_api.json").read_text(encoding="utf-8"))
+    api = json.loads((WORKFLOWS / "api" / "z_image_turbo_gguf_api.json").read_text(encoding="utf-8"))
     broken = copy.deepcopy(ui)
     loader = next(node for node in broken["nodes"] if node["type"] == "ZImageGGUFTextEncoderLoader")
     loader["type"] = "ZImageGGUFTextEncoderLoaderThatDoesNotExist"
@@ -140,3 +147,79 @@ def test_a_missing_node_type_would_be_caught(editor, graphs):
     assert opened["unregistered"] == ["ZImageGGUFTextEncoderLoaderThatDoesNotExist"]
     assert "Missing Node" in opened["overlay"]
     assert graphs.canonical_graph(opened["output"]) != graphs.canonical_graph(api)
+
+
+def screenshot(editor: Editor, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / name
+    editor.page.screenshot(path=str(path))
+    return path
+
+
+OPEN_AND_READ_ZOOM_JS = """async ([workflow, source]) => {
+    await window.app.loadGraphData(workflow, true, true, "z_image_turbo_gguf", source ? {openSource: source} : {});
+    await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+    const canvas = window.app.canvas;
+    return {scale: canvas.ds.scale, low_quality: canvas.low_quality,
+            canvas: [canvas.canvas.clientWidth, canvas.canvas.clientHeight]};
+}"""
+
+
+@pytest.mark.parametrize("source", ["template", None], ids=["as-template", "as-file"])
+def test_workflow_opens_at_a_zoom_where_text_draws(editor, source):
+    ui = json.loads((WORKFLOWS / "z_image_turbo_gguf.json").read_text(encoding="utf-8"))
+    view = editor.page.evaluate(OPEN_AND_READ_ZOOM_JS, [ui, source])
+    editor.page.keyboard.press("Escape")  # the missing-models notice, if any, stays out of the picture
+    editor.page.wait_for_timeout(500)
+    shot = screenshot(editor, f"opened-workflow-{'template' if source else 'file'}.png")
+    print(f"\n[{source or 'file'}] opened at zoom {view['scale']:.2f} on a {view['canvas']} canvas: {shot}")
+    assert view["scale"] > TEXT_DRAWS_FROM_SCALE + 0.1, view
+    assert view["low_quality"] is False, view
+    if source is None:
+        assert view["scale"] == pytest.approx(ui["extra"]["ds"]["scale"]), view  # the stored view is used
+
+
+def test_a_wrong_encoder_shows_our_error_in_the_toast(editor, zimage_gguf_name, qwen3_narrow_gguf_name,
+                                                      flux_vae_name, run_timeout_s):
+    ui = json.loads((WORKFLOWS / "z_image_turbo_gguf.json").read_text(encoding="utf-8"))
+    values = {"ZImageGGUFDiffusionModelLoader": [zimage_gguf_name, "auto", False],
+              "ZImageGGUFTextEncoderLoader": [qwen3_narrow_gguf_name, "ovis", "default"],
+              "VAELoader": [flux_vae_name], "EmptySD3LatentImage": [64, 64, 1]}
+    for node in ui["nodes"]:
+        if node["type"] in values:
+            node["widgets_values"] = values[node["type"]]
+            node.get("properties", {}).pop("models", None)
+        if node["type"] == "KSampler":
+            node["widgets_values"][2] = 1  # steps
+    open_workflow(editor, ui)
+    editor.page.evaluate("() => window.app.queuePrompt(0)")
+    toast = editor.page.locator(".p-toast-message").filter(has_text="IncompatibleModelError")
+    toast.first.wait_for(timeout=int(run_timeout_s * 1000))
+    editor.page.wait_for_timeout(500)
+    shot = screenshot(editor, "error-toast.png")
+    text = toast.first.inner_text()
+    print(f"\n[toast] {text!r}: {shot}")
+    assert "ZImageGGUF.IncompatibleModelError" in text
+    assert "Z-Image takes Qwen3-4B, 2560 wide" in text
+    assert "custom_nodes" not in text  # no install path in the type name
+
+
+@pytest.mark.parametrize("words, node_title", [
+    ("unet gguf", "Load Diffusion Model (GGUF, Z-Image pack)"),
+    ("clip gguf", "Load Text Encoder (GGUF, Z-Image pack)"),
+    ("qwen gguf", "Load Text Encoder (GGUF, Z-Image pack)"),
+])
+def test_node_search_finds_the_loaders_by_the_words_users_type(editor, words, node_title):
+    editor.page.keyboard.press("Escape")
+    editor.page.evaluate("() => window.app.loadGraphData({nodes: [], links: [], groups: [], version: 0.4})")
+    box = editor.page.locator("canvas#graph-canvas")
+    box.dblclick(position={"x": 800, "y": 500})
+    search = editor.page.get_by_role("combobox").or_(editor.page.locator(".comfy-vue-node-search-container input"))
+    search.first.wait_for(timeout=10_000)
+    search.first.fill(words)
+    editor.page.wait_for_timeout(1500)
+    results = editor.page.locator(".p-autocomplete-list, [role=listbox]").first.inner_text()
+    shot = screenshot(editor, f"node-search-{words.replace(' ', '-')}.png")
+    print(f"\n[search {words!r}] first results: {results.splitlines()[:6]}: {shot}")
+    editor.page.keyboard.press("Escape")
+    assert node_title in results
