@@ -110,8 +110,7 @@ class ImageApi:
         if model not in served:
             raise ApiError(
                 404,
-                f"the model {model!r} does not exist; served models: {', '.join(served) or 'none'} "
-                f"({self.catalog.describe_folders()})",
+                f"the model {model!r} does not exist; served models: {', '.join(served) or 'none'}",
                 param="model",
                 code="model_not_found",
             )
