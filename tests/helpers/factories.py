@@ -139,7 +139,9 @@ def _tokenizer(writer: gguf.GGUFWriter, arch_name, vocab):
 def _file_type(ggml_type: GGMLQuantizationType) -> gguf.LlamaFileType:
     if ggml_type == GGMLQuantizationType.F32:
         return gguf.LlamaFileType.ALL_F32
-    return gguf.LlamaFileType[f"MOSTLY_{ggml_type.name}"]
+    members = gguf.LlamaFileType.__members__
+    # K-quant files are named by their mix (Q4_K -> Q4_K_M), as llama.cpp writes them
+    return members.get(f"MOSTLY_{ggml_type.name}") or members[f"MOSTLY_{ggml_type.name}_M"]
 
 
 def write_llama_cpp_encoder_gguf(
@@ -206,6 +208,19 @@ def write_llama_cpp_encoder_gguf(
     return WrittenEncoder(path, metadata, {cpp: qtype for _, cpp, _, _, qtype, _ in plan}, hf_state_dict)
 
 
+def _quantize(rows: np.ndarray, qtype) -> np.ndarray:
+    """gguf-py's quantizer where it has the type; the pack's torch quantizers (ggml's reference bytes)
+    for the K- and IQ4 types gguf-py cannot write."""
+    try:
+        return gguf.quants.quantize(rows, qtype)
+    except NotImplementedError:
+        import torch
+
+        from comfyui_zimage_gguf.ops.quantizers import quantize_tensor
+
+        return quantize_tensor(torch.from_numpy(np.ascontiguousarray(rows, np.float32)), qtype).numpy()
+
+
 def _generate(generator, shape, kind, qtype, heads_permuted, keep):
     """The bytes to store (llama.cpp row order) and, if `keep`, the dequantized values in HF row order."""
     n_rows = shape[0]
@@ -216,15 +231,15 @@ def _generate(generator, shape, kind, qtype, heads_permuted, keep):
         if heads_permuted:
             # q/k tensors are far below one chunk, so the permutation sees whole heads
             assert len(rows) == n_rows
-            quantized = gguf.quants.quantize(_llama_cpp_permute(rows, heads_permuted), qtype)
+            quantized = _quantize(_llama_cpp_permute(rows, heads_permuted), qtype)
         else:
-            quantized = gguf.quants.quantize(rows, qtype)
+            quantized = _quantize(rows, qtype)
         if stored is None:
             stored = np.empty((n_rows, *quantized.shape[1:]), quantized.dtype)
         stored[start:start + len(rows)] = quantized
         if keep:
             # blocks never straddle rows, so quantizing HF-order rows gives the same values, HF-ordered
-            hf_order = gguf.quants.quantize(rows, qtype) if heads_permuted else quantized
+            hf_order = _quantize(rows, qtype) if heads_permuted else quantized
             expected[start:start + len(rows)] = gguf.quants.dequantize(hf_order, qtype).reshape(rows.shape)
     return stored, expected
 

@@ -297,7 +297,7 @@ def start_server(comfyui_path: str | Path, python: str, base_dir: Path, model_ro
 LOADERS = {
     "native": {"unet": ("UNETLoader", "unet_name", {"weight_dtype": "default"}),
                "clip": ("CLIPLoader", "clip_name", {"type": "lumina2"})},
-    "pack": {"unet": ("ZImageGGUFDiffusionModelLoader", "unet_name", {}),
+    "pack": {"unet": ("ZImageGGUFDiffusionModelLoader", "unet_name", {"dequant_dtype": "auto", "patch_on_device": False}),
              "clip": ("ZImageGGUFTextEncoderLoader", "clip_name", {"type": "lumina2"})},
     "city96": {"unet": ("UnetLoaderGGUF", "unet_name", {}),
                "clip": ("CLIPLoaderGGUF", "clip_name", {"type": "lumina2"})},
