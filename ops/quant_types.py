@@ -1,5 +1,6 @@
 """One table of GGML types, one record each: block size, bytes per block, the torch kernel that
-dequantizes it and a generator of random valid blocks (for tests and the benchmark).
+dequantizes it, a generator of random valid blocks (for tests and the benchmark) and, for the
+types this pack can write, the torch quantizer (ops/quantizers; None for the others).
 
 A kernel takes a uint8 tensor of shape (n_blocks, type_size) and writes the values into `out`, a
 contiguous float tensor of shape (n_blocks, block_size) on the same device, in out's dtype. In
@@ -15,6 +16,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .kernels import MODULES
+from .quantizers import QUANTIZERS, Quantizer
 
 Kernel = Callable[[torch.Tensor, torch.Tensor], None]
 # (n_blocks, numpy Generator) -> uint8 array (n_blocks, type_size) of valid blocks, finite scales
@@ -28,6 +30,7 @@ class QuantType:
     type_size: int
     kernel: Kernel
     random_blocks: RandomBlocks
+    quantizer: Quantizer | None = None
 
     @property
     def name(self) -> str:
@@ -38,7 +41,7 @@ class QuantType:
 
 
 QUANT_TYPES: dict[GGMLQuantizationType, QuantType] = {
-    ggml_type: QuantType(ggml_type, *GGML_QUANT_SIZES[ggml_type], kernel, random_blocks)
+    ggml_type: QuantType(ggml_type, *GGML_QUANT_SIZES[ggml_type], kernel, random_blocks, QUANTIZERS.get(ggml_type))
     for module in MODULES
     for ggml_type, (kernel, random_blocks) in module.TYPES.items()
 }

@@ -9,8 +9,9 @@ import pytest
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, quants
 
-from comfyui_zimage_gguf.ops import dequantize
-from comfyui_zimage_gguf.ops.quantizers import QUANTIZERS, Quantizer, quantize_tensor
+from comfyui_zimage_gguf.errors import UnsupportedQuantTypeError, ZImageGGUFError
+from comfyui_zimage_gguf.ops import QUANT_TYPES, dequantize
+from comfyui_zimage_gguf.ops.quantize import quantize as quantize_tensor
 from comfyui_zimage_gguf.ops.quantizers.common import correctly_rounded_sqrt, scalar_over
 
 LEGACY = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
@@ -116,8 +117,7 @@ def test_chunking_does_not_change_bytes(ggml_type):
     weights = torch.randn(6, 2048, generator=torch.Generator().manual_seed(0))
     whole = quantize_tensor(weights, ggml_type)
     block_size = GGML_QUANT_SIZES[ggml_type][0]
-    small_chunks = Quantizer(QUANTIZERS[ggml_type].quantize_blocks, chunk_elements=3 * block_size)
-    assert torch.equal(quantize_tensor(weights, ggml_type, small_chunks), whole)
+    assert torch.equal(quantize_tensor(weights, ggml_type, chunk_elements=3 * block_size), whole)
 
 
 def test_any_float_input_dtype_and_shape():
@@ -137,7 +137,7 @@ def test_float_types_are_plain_casts(ggml_type, dtype):
 
 
 def test_row_that_is_not_whole_blocks_is_refused():
-    with pytest.raises(ValueError, match="Q4_K stores rows of whole 256-element blocks; a row of 100"):
+    with pytest.raises(ZImageGGUFError, match="Q4_K stores rows of whole 256-element blocks; a row of 100"):
         quantize_tensor(torch.zeros(2, 100), T.Q4_K)
 
 
@@ -148,3 +148,13 @@ def test_scalar_division_and_sqrt_round_once_like_c():
     tensor = torch.from_numpy(values)
     assert np.array_equal(correctly_rounded_sqrt(tensor).numpy(), np.sqrt(values))
     assert np.array_equal(scalar_over(63, tensor).numpy(), np.float32(63) / values)
+
+
+def test_quantizer_is_a_column_of_the_quant_type_table():
+    writable = {t for t, qt in QUANT_TYPES.items() if qt.quantizer is not None}
+    assert writable == {T.F32, T.F16, T.BF16, *LEGACY, *SEARCHED}
+
+
+def test_type_without_quantizer_is_refused_with_the_list():
+    with pytest.raises(UnsupportedQuantTypeError, match="cannot quantize to IQ2_XXS; it can write F32, F16, BF16, Q4_0"):
+        quantize_tensor(torch.zeros(1, 256), T.IQ2_XXS)

@@ -6,8 +6,7 @@ reference path without an importance matrix (what llama-quantize writes), operat
 in float32 (see common.py for why sums are loops). Vectorised over blocks; float32 only, so the
 same code runs on CPU, CUDA and MPS.
 
-`quantize_tensor` is the entry point: any float tensor whose rows are whole blocks, processed in
-chunks that bound the working memory of the candidate searches.
+QUANTIZERS feeds the `quantizer` column of ops.quant_types; ops.quantize is the entry point.
 """
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+from gguf import GGMLQuantizationType as T
 
 from . import iq4, kquants, legacy
 
@@ -43,7 +42,7 @@ def _float_copy(dtype: torch.dtype) -> BlockQuantizer:
 
 
 _ONE_PASS = 1 << 20
-_SEARCH = 1 << 16
+_SEARCH = 1 << 20
 
 QUANTIZERS: dict[T, Quantizer] = {
     T.F32: Quantizer(_float_copy(torch.float32), _ONE_PASS),
@@ -53,24 +52,3 @@ QUANTIZERS: dict[T, Quantizer] = {
     **{t: Quantizer(f, _SEARCH) for t, f in kquants.QUANTIZERS.items()},
     **{t: Quantizer(f, _SEARCH) for t, f in iq4.QUANTIZERS.items()},
 }
-
-
-def quantize_tensor(weights: torch.Tensor, ggml_type, quantizer: Quantizer | None = None) -> torch.Tensor:
-    """A float tensor -> its GGML bytes: uint8 of shape (*weights.shape[:-1], row_bytes), on weights' device.
-
-    The last dimension must be a multiple of the type's block size (GGUF rows are whole blocks).
-    """
-    ggml_type = T(ggml_type)
-    quantizer = quantizer or QUANTIZERS[ggml_type]
-    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-    row = weights.shape[-1] if weights.dim() else 1
-    if row % block_size:
-        raise ValueError(f"{ggml_type.name} stores rows of whole {block_size}-element blocks; "
-                         f"a row of {row} elements does not fit")
-    flat = weights.reshape(-1, block_size)
-    out = torch.empty((flat.shape[0], type_size), dtype=torch.uint8, device=weights.device)
-    step = max(1, quantizer.chunk_elements // block_size)
-    for start in range(0, flat.shape[0], step):
-        chunk = flat[start:start + step].to(torch.float32).contiguous()
-        out[start:start + step] = quantizer(chunk)
-    return out.reshape(*weights.shape[:-1], row // block_size * type_size)
