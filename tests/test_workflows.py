@@ -326,6 +326,16 @@ def test_only_ui_format_files_are_offered_as_templates():
     assert API_FILE.parent == WORKFLOWS / "api" and API_FILE.is_file()
 
 
+def test_every_template_has_a_thumbnail_the_frontend_shows():
+    """Extension templates are shown with `/api/workflow_templates/<pack>/<name>.jpg` (mediaSubtype jpg)."""
+    for path in WORKFLOWS.glob("*.json"):
+        thumbnail = path.with_suffix(".jpg")
+        assert thumbnail.is_file(), f"{thumbnail.name} missing"
+        data = thumbnail.read_bytes()
+        assert data[:3] == b"\xff\xd8\xff", f"{thumbnail.name} is not a JPEG"
+        assert len(data) < 200_000
+
+
 def test_template_opens_at_a_zoom_where_text_draws(ui):
     _, _, width, height = node_bounds(ui)
     fit_scale = min(FIT_ZOOM * WINDOW[0] / max(width, 300), FIT_ZOOM * WINDOW[1] / max(height, 300))

@@ -157,7 +157,9 @@ def screenshot(editor: Editor, name: str) -> Path:
 
 
 OPEN_AND_READ_ZOOM_JS = """async ([workflow, source]) => {
-    await window.app.loadGraphData(workflow, true, true, "z_image_turbo_gguf", source ? {openSource: source} : {});
+    // as a file: under no name, so no open tab's saved view of the same workflow is reused
+    await window.app.loadGraphData(workflow, true, true, source ? "z_image_turbo_gguf" : null,
+                                   source ? {openSource: source} : {});
     await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
     const canvas = window.app.canvas;
     return {scale: canvas.ds.scale, low_quality: canvas.low_quality,
