@@ -171,4 +171,4 @@ def test_only_the_ui_workflow_is_a_template_and_it_has_a_thumbnail(comfy_server)
     status, data = comfy_server.request(f"/api/workflow_templates/{PACK_NAME}/z_image_turbo_gguf.jpg")
     assert status == 200 and data[:3] == b"\xff\xd8\xff"
     status, data = comfy_server.request(f"/api/workflow_templates/{PACK_NAME}/z_image_turbo_gguf.json")
-    assert status == 200 and "nodes" in json.loads(data)
+    assert status == 200 and "nodes" in data  # served as application/json, decoded by request()
