@@ -1,4 +1,4 @@
-"""Command line: `python -m comfyui_zimage_gguf {bench,inspect,queue,serve} ...` (no ComfyUI needed)."""
+"""Command line: `python -m comfyui_zimage_gguf {bench,convert,inspect,queue,serve} ...` (no ComfyUI needed)."""
 from __future__ import annotations
 
 import argparse
@@ -15,10 +15,12 @@ def main(argv=None) -> int:
     bench.add_argument("--repeat", type=int, default=7)
     bench.add_argument("--skip-open", action="store_true", help="skip the Qwen3-4B-shaped open benchmark")
     bench.add_argument("--cache-dir", default=None, help="where to keep the generated benchmark GGUF")
+    from .convert import add_convert_parser
     from .inspect import add_inspect_parser
     from .queue import add_queue_parser
     from .serve import add_serve_parser
 
+    add_convert_parser(sub)
     add_inspect_parser(sub)
     add_queue_parser(sub)
     add_serve_parser(sub)
@@ -28,6 +30,10 @@ def main(argv=None) -> int:
         from .bench import run_bench
 
         return run_bench(args)
+    if args.command == "convert":
+        from .convert import run_convert
+
+        return run_convert(args)
     if args.command == "inspect":
         from .inspect import run_inspect
 
