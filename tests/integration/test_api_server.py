@@ -226,3 +226,37 @@ def test_bridge_gives_the_same_image_as_the_in_server_route(api_server, client, 
     assert png_size(through_bridge) == (128, 128)
     assert png_pixels(through_bridge) == png_pixels(in_server)
     assert KEY not in output
+
+
+def test_client_that_disconnects_has_its_queued_prompt_removed(api_server, client):
+    busy = threading.Thread(target=client.images.generate,
+                            kwargs=dict(model=MODEL, prompt="keeps the server busy", size=SIZE, extra_body={"seed": 555}))
+    busy.start()
+
+    def pending_ids(text):
+        queue = api_server.get_json("/queue")
+        return [item[1] for item in queue["queue_pending"]
+                if node_of_type(item[2], "CLIPTextEncode")["inputs"]["text"] == text]
+
+    deadline = time.monotonic() + 30
+    while not api_server.get_json("/queue")["queue_running"]:
+        assert time.monotonic() < deadline and busy.is_alive(), "the first request never ran"
+        time.sleep(0.02)
+    body = json.dumps({"model": MODEL, "prompt": "a client that leaves", "size": SIZE, "seed": 556}).encode()
+    host, port = api_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(
+            b"POST /v1/images/generations HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (host.encode(), KEY.encode(), len(body), body)
+        )
+        deadline = time.monotonic() + 30
+        while not (leaving := pending_ids("a client that leaves")):
+            assert time.monotonic() < deadline, "the request never reached ComfyUI's queue"
+            time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while pending_ids("a client that leaves"):
+        assert time.monotonic() < deadline, "the prompt stayed queued after its client left"
+        time.sleep(0.1)
+    busy.join()
+    assert api_server.get_json(f"/history/{leaving[0]}") == {}, "the removed prompt must never run"
