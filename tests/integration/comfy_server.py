@@ -292,15 +292,18 @@ def start_server(comfyui_path: str | Path, python: str, base_dir: Path, model_ro
     return server
 
 
-# The three ways to load the same Z-Image Turbo graph: ComfyUI's own loaders (safetensors), this
-# pack's GGUF loaders, city96's ComfyUI-GGUF loaders. (class_type, file input name, extra inputs)
+# The ways to load the same Z-Image Turbo graph: ComfyUI's own loaders (safetensors), this pack's
+# GGUF loaders, and city96's ComfyUI-GGUF for the diffusion model. (class_type, file input, extras)
+# city96's CLIPLoaderGGUF fails on the shallow Qwen3-4B test encoders with torch's "mat1 and mat2
+# shapes cannot be multiplied (19x2560 and 4096x2560)" (measured with ComfyUI-GGUF's last commit),
+# so its comparison loads the encoder with this pack's loader: the DiT path is what differs.
 LOADERS = {
     "native": {"unet": ("UNETLoader", "unet_name", {"weight_dtype": "default"}),
                "clip": ("CLIPLoader", "clip_name", {"type": "lumina2"})},
     "pack": {"unet": ("ZImageGGUFDiffusionModelLoader", "unet_name", {"dequant_dtype": "auto", "patch_on_device": False}),
              "clip": ("ZImageGGUFTextEncoderLoader", "clip_name", {"type": "lumina2"})},
     "city96": {"unet": ("UnetLoaderGGUF", "unet_name", {}),
-               "clip": ("CLIPLoaderGGUF", "clip_name", {"type": "lumina2"})},
+               "clip": ("ZImageGGUFTextEncoderLoader", "clip_name", {"type": "lumina2"})},
 }
 SAMPLER_NODE, ENCODE_NODE, UNET_NODE, CLIP_NODE = "sampler", "encode", "unet", "clip"
 
