@@ -3,7 +3,10 @@
 Importing this package needs no ComfyUI; the node classes touch ComfyUI only when ComfyUI calls them.
 """
 from .ops.reader import load_gguf
-from .nodes.loaders import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from .nodes import loaders as _loaders, save_gguf as _save_gguf
+
+NODE_CLASS_MAPPINGS = {**_loaders.NODE_CLASS_MAPPINGS, **_save_gguf.NODE_CLASS_MAPPINGS}
+NODE_DISPLAY_NAME_MAPPINGS = {**_loaders.NODE_DISPLAY_NAME_MAPPINGS, **_save_gguf.NODE_DISPLAY_NAME_MAPPINGS}
 
 __all__ = ["load_gguf", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
 
