@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .buffers import OUTPUT_BUFFERS
 from .dequant import dequantize
+from .linear import quantized_linear
 from .tensor import QuantizedTensor
 
 
@@ -104,6 +105,13 @@ class DequantLayerMixin:
 
 class _DequantLinear(DequantLayerMixin):
     def forward_comfy_cast_weights(self, input):
+        weight = self.weight
+        if (input.device.type == "cpu" and isinstance(weight, QuantizedTensor) and weight.raw.device.type == "cpu"
+                and not self.weight_function and not self.bias_function and input.dtype.is_floating_point
+                and self.layer_options.dequant_dtype in (None, input.dtype)):
+            # no patches to apply to the whole weight: dequantize and multiply in slabs of rows
+            bias = materialize(getattr(self, "bias", None), input.dtype, input.device)
+            return quantized_linear(input, weight, bias, input.dtype)
         weight, bias = self.cast_bias_weight(input)
         return F.linear(input, weight, bias)
 
