@@ -19,3 +19,14 @@ def _add_image_api_routes() -> None:
 
 
 _add_image_api_routes()
+
+
+def _register_gguf_layouts() -> None:
+    # Under a running ComfyUI with comfy-kitchen quantized tensors: the GGML layouts, registered
+    # with ComfyUI's quantization layer as the pack loads (ops/comfy_layout.py). Elsewhere nothing.
+    from .ops.comfy_layout import register_if_loaded
+
+    register_if_loaded()
+
+
+_register_gguf_layouts()

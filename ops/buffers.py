@@ -15,6 +15,8 @@ returns None): their caching allocators already reuse memory.
 from __future__ import annotations
 
 import math
+import mmap
+import sys
 import threading
 import weakref
 
@@ -63,6 +65,70 @@ class OutputBuffers:
 OUTPUT_BUFFERS = OutputBuffers()
 
 
+class FreedBufferPool:
+    """CPU memory for dequantized weights that is reused once nothing refers to it any more.
+
+    Unlike `OutputBuffers` (valid until the thread's next request), a tensor from `empty()` is
+    the caller's for as long as the caller, or any view or storage made from it, holds it: ComfyUI's
+    cast path and its fallback dequantize through one entry point (the layout's `dequantize`),
+    so nothing may be overwritten behind a caller's back. Each buffer is an anonymous memory map
+    wrapped with `torch.frombuffer`; a torch storage over it holds a reference to the map, so a
+    map referenced by this pool alone (refcount 2: the list and getrefcount's argument) is free.
+    Its pages stay faulted in between uses, which is what saves the time (see the module doc).
+
+    At most `max_buffers` maps (one is enough when each weight is dropped before the next is
+    dequantized, as a layer's forward does), each up to `max_bytes`; otherwise, and off the CPU,
+    the caller gets a fresh tensor. `release()` drops the maps (memory in use is freed once its
+    holder lets go).
+    """
+
+    _FREE_REFCOUNT = 2
+
+    def __init__(self, max_bytes: int = MAX_BUFFER_BYTES, max_buffers: int = 4):
+        self.max_bytes = max_bytes
+        self.max_buffers = max_buffers
+        self._lock = threading.Lock()
+        self._maps: list[mmap.mmap] = []
+
+    def empty(self, shape, dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised contiguous CPU tensor of `shape` and `dtype`, over a free pooled map where one fits."""
+        numel = math.prod(shape)
+        nbytes = numel * dtype.itemsize
+        if nbytes == 0 or nbytes > self.max_bytes:
+            return torch.empty(shape, dtype=dtype)
+        with self._lock:
+            index = self._free_index(nbytes)
+            if index is None:
+                return torch.empty(shape, dtype=dtype)
+            return torch.frombuffer(self._maps[index], dtype=dtype, count=numel).view(shape)
+
+    def _free_index(self, nbytes: int) -> int | None:
+        free = [i for i in range(len(self._maps)) if sys.getrefcount(self._maps[i]) == self._FREE_REFCOUNT]
+        fitting = [i for i in free if len(self._maps[i]) >= nbytes]
+        if fitting:
+            return min(fitting, key=lambda i: len(self._maps[i]))
+        if free:  # grow: replace the largest free map that is too small
+            index = max(free, key=lambda i: len(self._maps[i]))
+            self._maps[index] = mmap.mmap(-1, nbytes)
+            return index
+        if len(self._maps) < self.max_buffers:
+            self._maps.append(mmap.mmap(-1, nbytes))
+            return len(self._maps) - 1
+        return None
+
+    def held_bytes(self) -> int:
+        with self._lock:
+            return sum(len(m) for m in self._maps)
+
+    def release(self) -> None:
+        with self._lock:
+            self._maps.clear()
+
+
+DEQUANT_POOL = FreedBufferPool()
+
+
 def release_output_buffers(*_args, **_kwargs) -> None:
-    """Drop every thread's output buffers (usable as a callback: ignores its arguments)."""
+    """Drop every thread's output buffers and the pooled maps (usable as a callback: ignores its arguments)."""
     OUTPUT_BUFFERS.release()
+    DEQUANT_POOL.release()

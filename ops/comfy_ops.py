@@ -1,5 +1,9 @@
-"""The ComfyUI edge of the ops: the `custom_operations` namespace and a ModelPatcher that applies
+"""The ComfyUI edge of the ops: the `custom_operations` namespaces and a ModelPatcher that applies
 LoRA patches to quantized weights at dequantization time instead of baking them into floats.
+
+Two namespaces: `make_layout_ops()` (ComfyUI with comfy-kitchen quantized tensors: ComfyUI's own
+`manual_cast` layers and cast path, plus only what they cannot do for GGUF weights) and
+`make_comfy_ops()` (older ComfyUI: the pack's own dequantizing layers over ops/tensor.py).
 
 ComfyUI is imported lazily (inside functions) so this module imports without it.
 """
@@ -8,6 +12,7 @@ from __future__ import annotations
 import functools
 
 from .buffers import release_output_buffers
+from .comfy_layout import embedding_rows, is_gguf_tensor
 from .layers import LayerOptions, make_layer_namespace
 from .tensor import QuantizedTensor
 
@@ -22,6 +27,69 @@ def make_comfy_ops(options: LayerOptions = LayerOptions()):
     return make_layer_namespace(comfy.ops.manual_cast, options, name="ZImageGGUFOps")
 
 
+_LAYOUT_OPS_LAYERS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "GroupNorm", "LayerNorm", "RMSNorm",
+                      "ConvTranspose1d", "ConvTranspose2d")
+
+
+@functools.cache
+def make_layout_ops():
+    """ComfyUI's `manual_cast` ops for a state dict of GGUF QuantizedTensors (ops/comfy_layout.py).
+
+    The forward passes and the cast path (`comfy.ops.cast_bias_weight`, DynamicVRAM's vbar path
+    included) are ComfyUI's. Overridden, because ComfyUI's layers cannot do it for GGUF weights:
+    - loading: ComfyUI's layers copy a state-dict tensor into their float parameter unless the
+      model is loaded with assign=True, which ComfyUI does only under DynamicVRAM; a quantized
+      weight cannot be copied into floats, so it is adopted as it is (and `layout_type` is set,
+      which ComfyUI's vbar path reads to requantize a LoRA-patched weight);
+    - Embedding: ComfyUI's casts the whole table before looking rows up, dequantizing all of a
+      151,936 x 2560 Qwen3 vocabulary per encode; a GGUF table without LoRA gives only its rows.
+    The namespace holds no per-model state (LoRA settings live on the patcher), so one serves all.
+    """
+    import comfy.ops
+    import torch
+
+    from .comfy_layout import register
+
+    register()
+    base = comfy.ops.manual_cast
+
+    class AdoptsGGUFWeights:
+        def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                                  unexpected_keys, error_msgs):
+            own = {name: state_dict.get(prefix + name) for name in ("weight", "bias")}
+            if not any(is_gguf_tensor(value) for value in own.values()):
+                return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                                     unexpected_keys, error_msgs)
+            for name, value in own.items():
+                current = getattr(self, name, None)
+                if value is None:
+                    if current is not None and name == "weight":
+                        missing_keys.append(prefix + name)
+                    continue
+                if current is not None and current.shape != value.shape:
+                    error_msgs.append(f"size mismatch for {prefix}{name}: the file holds {list(value.shape)}, "
+                                      f"the model expects {list(current.shape)}")
+                    continue
+                setattr(self, name, torch.nn.Parameter(value, requires_grad=False))
+                if name == "weight" and is_gguf_tensor(value):
+                    self.layout_type = value._layout_cls
+
+    members = {name: type(name, (AdoptsGGUFWeights, getattr(base, name)), {"__module__": __name__})
+               for name in _LAYOUT_OPS_LAYERS if hasattr(base, name)}
+
+    class Embedding(AdoptsGGUFWeights, base.Embedding):
+        def forward_comfy_cast_weights(self, input, out_dtype=None):
+            weight = self.weight
+            if (is_gguf_tensor(weight) and not self.weight_function and self.max_norm is None
+                    and getattr(self, "weight_lowvram_function", None) is None):
+                rows = embedding_rows(weight, input, weight.dtype)
+                return rows if out_dtype is None else rows.to(out_dtype)
+            return super().forward_comfy_cast_weights(input, out_dtype)
+
+    members["Embedding"] = Embedding
+    return type("ZImageGGUFLayoutOps", (base,), members)
+
+
 @functools.cache
 def gguf_model_patcher_class():
     import comfy.lora
@@ -29,7 +97,14 @@ def gguf_model_patcher_class():
     import comfy.utils
 
     class QuantizedWeightPatch(comfy.model_patcher.LowVramPatch):
-        """Applies a key's LoRA patches to the freshly dequantized weight on every use."""
+        """Applies a key's LoRA patches to the freshly dequantized weight on every use, in `dtype` when set."""
+
+        dtype = None
+
+        def __call__(self, weight):
+            if self.dtype is None or weight.dtype == self.dtype:
+                return super().__call__(weight)
+            return super().__call__(weight.to(self.dtype)).to(weight.dtype)
 
     class GGUFModelPatcher(comfy.model_patcher.ModelPatcher):
         """ModelPatcher whose patches to quantized weights run per call, keeping weights quantized."""
@@ -37,10 +112,13 @@ def gguf_model_patcher_class():
         # Move LoRA patch tensors to the compute device once at load (faster per step, costs VRAM)
         # instead of per use; set per patcher by the loader node.
         patch_on_device = False
+        # dtype LoRA patches are added in (None: the dtype ComfyUI dequantized the weight to)
+        dequant_dtype = None
 
         def clone(self, *args, **kwargs):
             n = super().clone(*args, **kwargs)
             n.patch_on_device = self.patch_on_device
+            n.dequant_dtype = self.dequant_dtype
             return n
 
         def patch_weight_to_device(self, key, device_to=None, inplace_update=False, return_weight=False):
@@ -48,13 +126,15 @@ def gguf_model_patcher_class():
             module_name, _, param = key.rpartition(".")
             module = comfy.utils.get_attr(self.model, module_name) if module_name else None
             attr = f"{param}_function"
-            if (return_weight or key not in self.patches or not isinstance(weight, QuantizedTensor)
+            if (return_weight or key not in self.patches or not _is_quantized(weight)
                     or not hasattr(module, attr)):
                 return super().patch_weight_to_device(key, device_to, inplace_update, return_weight)
             if self.patch_on_device and device_to is not None:
                 self.patches[key] = _move_tensors(self.patches[key], device_to)
             functions = [f for f in getattr(module, attr) if not isinstance(f, QuantizedWeightPatch)]
-            functions.append(QuantizedWeightPatch(key, self.patches))
+            patch = QuantizedWeightPatch(key, self.patches)
+            patch.dtype = self.dequant_dtype
+            functions.append(patch)
             setattr(module, attr, functions)
 
         def unpatch_model(self, device_to=None, unpatch_weights=True):
@@ -67,6 +147,10 @@ def gguf_model_patcher_class():
                             setattr(module, attr, [f for f in functions if not isinstance(f, QuantizedWeightPatch)])
 
     return GGUFModelPatcher
+
+
+def _is_quantized(weight) -> bool:
+    return isinstance(weight, QuantizedTensor) or is_gguf_tensor(weight)
 
 
 def _move_tensors(value, device):
@@ -87,21 +171,26 @@ def _move_tensors(value, device):
     return value
 
 
-def as_gguf_patcher(patcher, patch_on_device: bool = False):
+def as_gguf_patcher(patcher, patch_on_device: bool = False, dequant_dtype=None):
     """Make a freshly loaded ComfyUI ModelPatcher ours, in place.
 
     The object stays the same (ComfyUI may already track it as loaded, as it does for text
-    encoders); only its class becomes our subclass, which adds methods and no state.
+    encoders); only its class becomes our subclass, which adds methods and no state. A
+    DynamicVRAM patcher (ComfyUI's ModelPatcherDynamic) is left as it is: it already applies LoRA
+    at cast time (`weight_lowvram_function`), which the plain ModelPatcher does only for the
+    modules it offloads; on a full load it would bake the LoRA into a float copy of the weight.
     """
     import comfy.model_patcher
 
     from comfy.patcher_extension import CallbacksMP
 
     cls = gguf_model_patcher_class()
-    if type(patcher) not in (comfy.model_patcher.ModelPatcher, cls):
-        raise TypeError(f"expected a plain ComfyUI ModelPatcher, got {type(patcher).__name__}")
-    patcher.__class__ = cls
-    patcher.patch_on_device = patch_on_device
+    if not patcher.is_dynamic():
+        if type(patcher) not in (comfy.model_patcher.ModelPatcher, cls):
+            raise TypeError(f"expected a plain ComfyUI ModelPatcher, got {type(patcher).__name__}")
+        patcher.__class__ = cls
+        patcher.patch_on_device = patch_on_device
+        patcher.dequant_dtype = dequant_dtype
     # Unloading a model (unload_all_models, /free, or making room) detaches its patcher: the
     # dequantization buffers go too. Callbacks are copied to clones.
     patcher.remove_callbacks_with_key(CallbacksMP.ON_DETACH, _RELEASE_KEY)

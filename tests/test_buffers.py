@@ -4,7 +4,9 @@ import threading
 
 import torch
 
-from comfyui_zimage_gguf.ops.buffers import OUTPUT_BUFFERS, OutputBuffers, release_output_buffers
+from comfyui_zimage_gguf.ops.buffers import (
+    DEQUANT_POOL, OUTPUT_BUFFERS, FreedBufferPool, OutputBuffers, release_output_buffers,
+)
 
 
 def _rss_bytes() -> int:
@@ -62,3 +64,40 @@ def test_release_gives_the_memory_back():
     release_output_buffers("patcher", True)  # as ComfyUI's ON_DETACH callback calls it
     assert OUTPUT_BUFFERS.held_bytes() == 0
     assert held - _rss_bytes() > 100 << 20
+
+
+def test_pool_reuses_a_map_only_once_nothing_holds_it():
+    pool = FreedBufferPool(max_buffers=2)
+    a = pool.empty((4, 8), torch.float32)
+    a_ptr = a.data_ptr()
+    view = a[1:]
+    del a
+    b = pool.empty((4, 8), torch.float32)  # a's view still holds the first map
+    assert b.data_ptr() != a_ptr
+    del view
+    c = pool.empty((2, 8), torch.float16)
+    assert c.data_ptr() == a_ptr and c.shape == (2, 8) and c.dtype == torch.float16
+    assert pool.held_bytes() == 2 * 4 * 8 * 4
+
+
+def test_pool_grows_a_free_map_and_gives_fresh_tensors_when_every_map_is_held_or_too_big():
+    pool = FreedBufferPool(max_bytes=4096, max_buffers=1)
+    small = pool.empty((16,), torch.float32)
+    del small
+    big = pool.empty((512,), torch.float32)  # replaces the free 64-byte map
+    assert pool.held_bytes() == 2048
+    extra = pool.empty((512,), torch.float32)  # the one map is held: a plain tensor
+    assert extra.data_ptr() != big.data_ptr() and pool.held_bytes() == 2048
+    assert pool.empty((2048,), torch.float32).numel() == 2048 and pool.held_bytes() == 2048
+    release_output_buffers()
+    pool.release()
+    assert pool.held_bytes() == 0
+    big.fill_(1.0)  # a held tensor outlives the release
+    assert big.sum() == 512
+
+
+def test_release_output_buffers_drops_the_pool_too():
+    DEQUANT_POOL.empty((1024,), torch.float32)
+    assert DEQUANT_POOL.held_bytes() > 0
+    release_output_buffers()
+    assert DEQUANT_POOL.held_bytes() == 0
