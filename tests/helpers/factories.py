@@ -216,9 +216,9 @@ def _quantize(rows: np.ndarray, qtype) -> np.ndarray:
     except NotImplementedError:
         import torch
 
-        from comfyui_zimage_gguf.ops.quantizers import quantize_tensor
+        from comfyui_zimage_gguf.ops import quantize
 
-        return quantize_tensor(torch.from_numpy(np.ascontiguousarray(rows, np.float32)), qtype).numpy()
+        return quantize(torch.from_numpy(np.ascontiguousarray(rows, np.float32)), qtype).numpy()
 
 
 def _generate(generator, shape, kind, qtype, heads_permuted, keep):
