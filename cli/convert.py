@@ -1,6 +1,7 @@
-"""`convert SRC OUT.gguf --type Q4_K_M`: a Z-Image diffusion model (ComfyUI safetensors, or a GGUF to
-requantize) -> a city96-style GGUF: `general.architecture = lumina2`, ComfyUI's bare tensor names,
-`general.file_type` and `general.quantization_version`, per-tensor types from ops.quant_rules.
+"""`convert SRC OUT.gguf --type Q4_K_M`: a Z-Image diffusion model (ComfyUI safetensors in BF16/F16/F32
+or ComfyUI's scaled fp8, a diffusers transformer folder, or a GGUF to requantize) -> a city96-style
+GGUF: `general.architecture = lumina2`, ComfyUI's bare tensor names, `general.file_type` and
+`general.quantization_version`, per-tensor types from ops.quant_rules.
 
 Streaming: one tensor is read, quantized and written at a time into OUT.gguf.partial, which is
 renamed to OUT.gguf only when complete and removed on any error or interruption.
@@ -70,18 +71,96 @@ def _open_safetensors(path: Path) -> Source:
     from safetensors import safe_open
 
     handle = safe_open(str(path), framework="pt")
-    names = list(handle.keys())
-    tensors = []
+    metadata = handle.metadata() or {}
+    tensors, scaled = _safetensors_tensors(path, handle, metadata)
+    return Source(path, tensors, metadata, requantized=scaled)
+
+
+# ComfyUI's fp8 checkpoints (comfy/utils.py convert_old_quants, comfy/ops.py MixedPrecisionOps):
+# `X.weight` float8 with a float32 scale `X.scale_weight` (older "scaled_fp8" files, marked by a
+# `scaled_fp8` tensor) or `X.weight_scale` (with `X.comfy_quant` = JSON {"format": ...} per layer,
+# or `_quantization_metadata` in the header); the weight is `float(weight) * scale`. Input scales
+# (`scale_input` / `input_scale`) only matter for fp8 matmuls and are dropped.
+FP8_DTYPES = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+FP8_FORMATS = ("float8_e4m3fn", "float8_e5m2")
+_WEIGHT_SCALES = (".scale_weight", ".weight_scale")
+_DROPPED = (".scale_input", ".input_scale", ".comfy_quant")
+
+
+def _fp8_layer_formats(path: Path, handle, names: list[str], metadata: dict) -> dict[str, str]:
+    """{layer: format} from `X.comfy_quant` tensors and `_quantization_metadata`; refuses non-fp8 formats."""
+    import json
+
+    formats = {}
+    if "_quantization_metadata" in metadata:
+        try:
+            layers = json.loads(metadata["_quantization_metadata"]).get("layers", {})
+        except (ValueError, AttributeError):
+            raise ConvertError(f"{path.name}: its _quantization_metadata is not valid JSON\n{path}") from None
+        formats.update({layer: str((conf or {}).get("format")) for layer, conf in layers.items()})
     for name in names:
+        if name.endswith(".comfy_quant"):
+            try:
+                conf = json.loads(handle.get_tensor(name).numpy().tobytes())
+            except ValueError:
+                raise ConvertError(f"{path.name}: {name} is not ComfyUI quantization JSON\n{path}") from None
+            formats[name[:-len(".comfy_quant")]] = str(conf.get("format"))
+    for layer, fmt in formats.items():
+        if fmt not in FP8_FORMATS:
+            raise ConvertError(f"{path.name}: layer {layer} is stored as {fmt}; convert reads ComfyUI's scaled "
+                               f"fp8 ({', '.join(FP8_FORMATS)}), not {fmt} checkpoints\n{path}")
+    return formats
+
+
+def _scaled_loader(path: Path, handle, name: str, scale_name: str | None, shape: tuple[int, ...]):
+    def load():
+        weight = handle.get_tensor(name).to(torch.float32)
+        if scale_name is None:
+            return weight
+        scale = handle.get_tensor(scale_name).to(torch.float32)
+        if scale.numel() == 1:
+            return weight * scale.reshape(())
+        if len(shape) >= 1 and scale.numel() == shape[0]:  # one scale per output row
+            return weight * scale.reshape(shape[0], *([1] * (len(shape) - 1)))
+        raise ConvertError(f"{path.name}: scale {scale_name} has {scale.numel()} values; convert applies one "
+                           f"per tensor or one per row of {name} {list(shape)}\n{path}")
+    return load
+
+
+def _safetensors_tensors(path: Path, handle, metadata: dict) -> tuple[list[SourceTensor], bool]:
+    """The model tensors of one safetensors file (fp8 weights with their scales applied, scale and
+    marker tensors left out) and whether any were fp8."""
+    names = list(handle.keys())
+    present = set(names)
+    formats = _fp8_layer_formats(path, handle, names, metadata)
+    auxiliary = {n for n in names if n == "scaled_fp8" or n.endswith(".scaled_fp8") or n.endswith(_DROPPED)}
+    for name in names:
+        if name.endswith(_WEIGHT_SCALES) and name.rsplit(".", 1)[0] + ".weight" in present:
+            auxiliary.add(name)
+    tensors, scaled = [], False
+    for name in names:
+        if name in auxiliary:
+            continue
         piece = handle.get_slice(name)
-        dtype = _SAFETENSORS_DTYPES.get(piece.get_dtype())
+        shape = tuple(piece.get_shape())
+        dtype_name = piece.get_dtype()
+        if dtype_name in FP8_DTYPES:
+            layer = name[:-len(".weight")] if name.endswith(".weight") else name
+            scale_name = next((layer + s for s in _WEIGHT_SCALES if layer + s in present), None)
+            if layer in formats and scale_name is None:
+                raise ConvertError(f"{path.name}: {name} is {formats[layer]} but the file has no "
+                                   f"{layer}.weight_scale or {layer}.scale_weight\n{path}")
+            # planned as the BF16 weight it was made from
+            tensors.append(SourceTensor(name, shape, torch.bfloat16, _scaled_loader(path, handle, name, scale_name, shape)))
+            scaled = True
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(dtype_name)
         if dtype is None:
             raise ConvertError(
-                f"{path.name}: tensor {name} is {piece.get_dtype()}; convert reads BF16, F16 and F32 weights "
-                f"(fp8 checkpoints are not supported yet)\n{path}")
-        tensors.append(SourceTensor(name, tuple(piece.get_shape()), dtype,
-                                    lambda name=name: handle.get_tensor(name)))
-    return Source(path, tensors, handle.metadata() or {}, requantized=False)
+                f"{path.name}: tensor {name} is {dtype_name}; convert reads BF16, F16, F32 and (scaled) fp8 "
+                f"E4M3/E5M2 weights\n{path}")
+        tensors.append(SourceTensor(name, shape, dtype, lambda name=name: handle.get_tensor(name)))
+    return tensors, scaled
 
 
 _SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
@@ -105,12 +184,96 @@ def _open_gguf(path: Path) -> Source:
     return Source(path, tensors, dict(gguf_file.metadata), requantized, gguf_file.close)
 
 
+def _open_diffusers_folder(path: Path) -> Source:
+    """A diffusers model folder (or its `transformer/` subfolder): every safetensors shard, one Source."""
+    from safetensors import safe_open
+
+    folder = path / "transformer" if (path / "transformer").is_dir() else path
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        raise ConvertError(f"{path.name} is a folder without safetensors files: convert reads one safetensors or "
+                           f"GGUF file, or a diffusers folder (its transformer/ holds the weights)\n{folder}")
+    tensors, metadata, scaled, seen = [], {}, False, {}
+    for shard in shards:
+        if _file_kind(shard) != "safetensors":
+            raise ConvertError(f"{shard.name} in {path.name} is not a safetensors file\n{shard}")
+        handle = safe_open(str(shard), framework="pt")
+        shard_metadata = handle.metadata() or {}
+        shard_tensors, shard_scaled = _safetensors_tensors(shard, handle, shard_metadata)
+        for tensor in shard_tensors:
+            if tensor.name in seen:
+                raise ConvertError(f"{path.name}: tensor {tensor.name} is in both {seen[tensor.name]} and "
+                                   f"{shard.name}\n{folder}")
+            seen[tensor.name] = shard.name
+        tensors += shard_tensors
+        metadata.update(shard_metadata)
+        scaled = scaled or shard_scaled
+    return Source(path, tensors, metadata, requantized=scaled)
+
+
 def open_source(path) -> Source:
     path = Path(path)
     if path.is_dir():
-        raise ConvertError(f"{path.name} is a folder: convert reads one safetensors or GGUF file "
-                           f"(diffusers folders are not supported yet)\n{path}")
+        return _open_diffusers_folder(path)
     return _open_gguf(path) if _file_kind(path) == "gguf" else _open_safetensors(path)
+
+
+# diffusers' ZImageTransformer2DModel names -> ComfyUI's (the names of comfy/utils.py z_image_to_diffusers).
+# Inside a block (layers.N, noise_refiner.N, context_refiner.N): renamed parts; to_q/to_k/to_v are
+# stacked (rows q, k, v) into attention.qkv. Top level: the "2-1" (patch 2, frame 1) embedder and
+# final layer lose their prefix. Every other name is the same in both.
+DIFFUSERS_BLOCK_RENAMES = {
+    "attention.norm_q.weight": "attention.q_norm.weight",
+    "attention.norm_k.weight": "attention.k_norm.weight",
+    "attention.to_out.0.weight": "attention.out.weight",
+    "attention.to_out.0.bias": "attention.out.bias",
+}
+DIFFUSERS_QKV = ("attention.to_q.", "attention.to_k.", "attention.to_v.")
+DIFFUSERS_TOP_RENAMES = {"all_final_layer.2-1.": "final_layer.", "all_x_embedder.2-1.": "x_embedder."}
+DIFFUSERS_ZIMAGE_MARKER = "noise_refiner.0.attention.norm_k.weight"
+_BLOCK = __import__("re").compile(r"^((?:layers|noise_refiner|context_refiner)\.\d+)\.(.+)$")
+
+
+def _stacked(parts: list[SourceTensor]) -> Callable[[], torch.Tensor]:
+    return lambda: torch.cat([p.load() for p in parts], dim=0)
+
+
+def zimage_from_diffusers(source: Source, tensors: list[SourceTensor]) -> list[SourceTensor]:
+    """Z-Image tensors under diffusers names -> ComfyUI names (q, k, v stacked into qkv)."""
+    out, qkv = [], {}
+    for tensor in tensors:
+        block = _BLOCK.match(tensor.name)
+        if block:
+            prefix, rest = block.groups()
+            if rest.startswith(DIFFUSERS_QKV):
+                part = DIFFUSERS_QKV.index(rest[:len(DIFFUSERS_QKV[0])])
+                key = f"{prefix}.attention.qkv.{rest[len(DIFFUSERS_QKV[0]):]}"
+                if key not in qkv:
+                    qkv[key] = [None, None, None]
+                    out.append(key)  # placeholder, keeps the source order
+                qkv[key][part] = tensor
+                continue
+            rest = DIFFUSERS_BLOCK_RENAMES.get(rest, rest)
+            out.append(SourceTensor(f"{prefix}.{rest}", tensor.shape, tensor.dtype, tensor.load))
+            continue
+        name = tensor.name
+        for old, new in DIFFUSERS_TOP_RENAMES.items():
+            if name.startswith(old):
+                name = new + name[len(old):]
+        out.append(SourceTensor(name, tensor.shape, tensor.dtype, tensor.load))
+    for index, item in enumerate(out):
+        if isinstance(item, str):
+            parts = qkv[item]
+            missing = [f"to_{'qkv'[i]}" for i, p in enumerate(parts) if p is None]
+            if missing:
+                raise ConvertError(f"{source.path.name}: {item} needs to_q, to_k and to_v; {', '.join(missing)} "
+                                   f"missing\n{source.path}")
+            if len({p.shape[1:] for p in parts}) != 1:
+                raise ConvertError(f"{source.path.name}: to_q/to_k/to_v of {item} have different widths "
+                                   f"{[list(p.shape) for p in parts]}\n{source.path}")
+            shape = (sum(p.shape[0] for p in parts),) + parts[0].shape[1:]
+            out[index] = SourceTensor(item, shape, parts[0].dtype, _stacked(parts))
+    return out
 
 
 def _diffusion_tensors(source: Source) -> tuple[str, list[SourceTensor]]:
@@ -118,7 +281,13 @@ def _diffusion_tensors(source: Source) -> tuple[str, list[SourceTensor]]:
     from ..nodes.families.diffusion import detect_diffusion_model
     from ..errors import ModelDetectionError
 
-    shapes = {t.name: t.shape for t in source.tensors}
+    tensors = source.tensors
+    marker = next((t.name for t in tensors if t.name.endswith(DIFFUSERS_ZIMAGE_MARKER)), None)
+    if marker is not None:
+        prefix = marker[:-len(DIFFUSERS_ZIMAGE_MARKER)]
+        tensors = zimage_from_diffusers(source, [SourceTensor(t.name[len(prefix):], t.shape, t.dtype, t.load)
+                                                 for t in tensors if t.name.startswith(prefix)])
+    shapes = {t.name: t.shape for t in tensors}
     try:
         info = detect_diffusion_model(source.metadata, shapes, str(source.path))
     except ModelDetectionError as e:
@@ -128,7 +297,7 @@ def _diffusion_tensors(source: Source) -> tuple[str, list[SourceTensor]]:
         raise ConvertError(f"{source.path.name} holds {info.display_name}; convert writes Z-Image / Lumina 2 models "
                            f"in ComfyUI's layout\n{source.path}")
     kept = [SourceTensor(t.name[len(info.prefix):], t.shape, t.dtype, t.load)
-            for t in source.tensors if t.name.startswith(info.prefix)]
+            for t in tensors if t.name.startswith(info.prefix)]
     return architecture, kept
 
 
@@ -226,7 +395,8 @@ def add_convert_parser(sub) -> None:
     from ..ops.quant_rules import MIXES
 
     parser = sub.add_parser("convert", help="write a Z-Image model (safetensors or GGUF) as a quantized GGUF")
-    parser.add_argument("src", help="ComfyUI Z-Image diffusion model: .safetensors (BF16/F16/F32) or .gguf")
+    parser.add_argument("src", help="Z-Image diffusion model: ComfyUI .safetensors (BF16/F16/F32, scaled fp8), "
+                                        "a diffusers folder (or its transformer/), or a .gguf")
     parser.add_argument("out", help="output .gguf path (written through OUT.partial)")
     parser.add_argument("--type", default="Q4_K_M", choices=list(MIXES), help="llama.cpp file type (default Q4_K_M)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")

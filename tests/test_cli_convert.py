@@ -136,13 +136,13 @@ def test_unknown_layout(tmp_path, capsys):
 
 
 def test_unsupported_dtype(tmp_path, capsys):
-    src = tmp_path / "fp8.safetensors"
-    header = {"layers.0.attention.qkv.weight": {"dtype": "F8_E4M3", "shape": [4, 4], "data_offsets": [0, 16]}}
+    src = tmp_path / "int.safetensors"
+    header = {"layers.0.attention.qkv.weight": {"dtype": "I32", "shape": [4, 4], "data_offsets": [0, 64]}}
     encoded = __import__("json").dumps(header).encode()
-    src.write_bytes(struct.pack("<Q", len(encoded)) + encoded + bytes(16))
+    src.write_bytes(struct.pack("<Q", len(encoded)) + encoded + bytes(64))
     error = run_failing(["convert", str(src), str(tmp_path / "o.gguf")], capsys, tmp_path)
-    assert error == ("error: fp8.safetensors: tensor layers.0.attention.qkv.weight is F8_E4M3; convert reads BF16, "
-                     "F16 and F32 weights (fp8 checkpoints are not supported yet)")
+    assert error == ("error: int.safetensors: tensor layers.0.attention.qkv.weight is I32; convert reads BF16, "
+                     "F16, F32 and (scaled) fp8 E4M3/E5M2 weights")
 
 
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
