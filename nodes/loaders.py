@@ -10,9 +10,8 @@ import os
 import torch
 
 from ..errors import IncompatibleModelError, ModelDetectionError, ZImageGGUFError
-from ..ops.comfy_ops import as_gguf_patcher, make_comfy_ops
+from ..ops.comfy_ops import as_gguf_patcher, comfy_load_plan
 from ..ops.dtype_policy import dtype_for
-from ..ops.layers import LayerOptions
 from ..ops.reader import load_gguf
 from ..ops.state_dict import build_state_dict
 from .families import DIFFUSION_LOADER, TEXT_ENCODER_LOADER
@@ -180,17 +179,17 @@ def load_diffusion_gguf(path, dequant_dtype=None, patch_on_device=False, device=
     names = normalize_diffusion_keys(shapes)
     fixes = expected_shape_fixes(info.family, {new: shapes[old] for new, old in names.items()})
     choice = dtype_for(device or "cpu", dequant_dtype)
-    state_dict, stats = build_state_dict(gguf_file, choice.compute, names=names, shapes=fixes,
+    plan = comfy_load_plan(dequant_dtype and choice.dequant)
+    state_dict, stats = build_state_dict(gguf_file, plan.reported_dtype(device, choice.compute), names=names, shapes=fixes,
                                          progress=_progress_bar())
-    ops = make_comfy_ops(LayerOptions(dequant_dtype=dequant_dtype and choice.dequant))
     patcher = comfy.sd.load_diffusion_model_state_dict(
-        state_dict, model_options={"custom_operations": ops}, disable_dynamic=True)
+        plan.state_dict(state_dict), model_options={"custom_operations": plan.ops}, disable_dynamic=plan.disable_dynamic)
     if patcher is None:
         raise ModelDetectionError(
             f"ComfyUI did not recognise the {info.display_name} model in {os.path.basename(path)}: "
             "is your ComfyUI recent enough for it?\n"
             f"{path}: {len(names)} tensors under prefix '{info.prefix}'")
-    patcher = as_gguf_patcher(patcher, patch_on_device)
+    patcher = as_gguf_patcher(patcher, patch_on_device, dequant_dtype and choice.dequant)
     if info.caption_width:
         _install_caption_check(patcher, path, info)
     compute = patcher.model.get_dtype_inference()
@@ -300,16 +299,19 @@ def load_text_encoder(path, clip_type="lumina2", model_options=None, device=None
     check_clip_type(os.path.basename(path), clip_type, known)
     names = {hf: cpp for cpp, hf in hf_names(arch, shapes, path).items()}
     choice = dtype_for(device or "cpu")
-    state_dict, stats = build_state_dict(gguf_file, choice.compute, names=names, progress=_progress_bar())
+    plan = comfy_load_plan()
+    state_dict, stats = build_state_dict(gguf_file, plan.reported_dtype(device, choice.compute), names=names,
+                                         progress=_progress_bar())
     for hf, cpp in names.items():
         heads = qk_permute_heads(arch, cpp, config)
         if heads:
             state_dict[hf] = _unpermute(state_dict[hf], heads)
-    model_options["custom_operations"] = make_comfy_ops(LayerOptions())
+    state_dict = plan.state_dict(state_dict)
+    model_options["custom_operations"] = plan.ops
     model_options[f"{known.comfy_name}_model_config"] = comfy_config_kwargs(config)
     clip = comfy.sd.load_text_encoder_state_dicts([state_dict], embedding_directory=embeddings,
                                                   clip_type=clip_type_enum, model_options=model_options,
-                                                  disable_dynamic=True)
+                                                  disable_dynamic=plan.disable_dynamic)
     clip.patcher = as_gguf_patcher(clip.patcher)
     tag_encoder(clip, {"file": os.path.basename(path), "display": known.display, "family": config.family,
                        "width": config.hidden_size})

@@ -222,6 +222,14 @@ def to_comfy_tensor(tensor: PackQuantizedTensor):
                            GGMLParams(tensor.ggml_type, tensor.dtype, tuple(tensor.shape)))
 
 
+def gguf_type(value):
+    """The GGML type of a quantized GGUF weight of either kind (the pack's tensor or a ComfyUI one in
+    these layouts); None for anything else."""
+    if isinstance(value, PackQuantizedTensor):
+        return value.ggml_type
+    return value._params.ggml_type if is_gguf_tensor(value) else None
+
+
 def to_pack_tensor(tensor) -> PackQuantizedTensor:
     """A comfy GGML QuantizedTensor as the pack's own tensor over the same bytes."""
     params = tensor._params

@@ -9,10 +9,12 @@ ComfyUI is imported lazily (inside functions) so this module imports without it.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from .buffers import release_output_buffers
-from .comfy_layout import embedding_rows, is_gguf_tensor
+from .comfy_layout import available as comfy_layout_available
+from .comfy_layout import embedding_rows, is_gguf_tensor, to_comfy_state_dict
 from .layers import LayerOptions, make_layer_namespace
 from .tensor import QuantizedTensor
 
@@ -25,6 +27,36 @@ def make_comfy_ops(options: LayerOptions = LayerOptions()):
     import comfy.ops
 
     return make_layer_namespace(comfy.ops.manual_cast, options, name="ZImageGGUFOps")
+
+
+@dataclasses.dataclass(frozen=True)
+class ComfyLoadPlan:
+    """How a GGUF state dict is handed to ComfyUI: through its quantized-tensor layer where it has one."""
+
+    uses_layout: bool
+    ops: type
+    disable_dynamic: bool  # False: ComfyUI picks its patcher (ModelPatcherDynamic on NVIDIA)
+
+    def reported_dtype(self, device, compute):
+        """The dtype the weights report. On the CPU ComfyUI computes in float32: weights that say
+        so reach F.linear undequantized (ComfyUI casts only on a dtype change), where the layout
+        multiplies in cached slabs instead of dequantizing the whole weight first."""
+        import torch
+
+        if self.uses_layout and torch.device(device or "cpu").type == "cpu":
+            return torch.float32
+        return compute
+
+    def state_dict(self, state_dict: dict) -> dict:
+        return to_comfy_state_dict(state_dict) if self.uses_layout else state_dict
+
+
+def comfy_load_plan(lora_dtype=None) -> ComfyLoadPlan:
+    """ComfyUI's own ops and patcher choice with GGML layouts where available (ComfyUI >= 0.8.0);
+    otherwise the pack's dequantizing layers (`lora_dtype` there sets their patch dtype)."""
+    if comfy_layout_available():
+        return ComfyLoadPlan(True, make_layout_ops(), disable_dynamic=False)
+    return ComfyLoadPlan(False, make_comfy_ops(LayerOptions(dequant_dtype=lora_dtype)), disable_dynamic=True)
 
 
 _LAYOUT_OPS_LAYERS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "GroupNorm", "LayerNorm", "RMSNorm",

@@ -223,5 +223,6 @@ def mapped_files() -> set[str]:
 
 def touch_pages(tensor: torch.Tensor) -> int:
     """Read one byte of every 4 KiB page of a tensor's raw bytes (faults a memory map in)."""
-    raw = getattr(tensor, "raw", tensor)
+    raw = getattr(tensor, "raw", None)  # the pack's QuantizedTensor
+    raw = getattr(tensor, "_qdata", tensor) if raw is None else raw  # ComfyUI's
     return int(raw.view(torch.uint8).reshape(-1)[::4096].sum())

@@ -31,7 +31,8 @@ def status_kib(field: str) -> int:
 def main(kind: str, path: str) -> dict:
     comfy = comfy_inprocess.import_comfy()
     from comfyui_zimage_gguf.nodes import loaders
-    from comfyui_zimage_gguf.ops.tensor import FALLBACKS, QuantizedTensor
+    from comfyui_zimage_gguf.ops.comfy_layout import gguf_type
+    from comfyui_zimage_gguf.ops.tensor import FALLBACKS
 
     result = {"kind": kind, "file": path, "file_bytes": Path(path).stat().st_size}
     if kind == "encoder":
@@ -58,8 +59,8 @@ def main(kind: str, path: str) -> dict:
         result["load_models_gpu_s"] = time.perf_counter() - start
         result["anon_after_kib"] = status_kib("RssAnon")
         params = list(patcher.model.parameters())
-        result["quantized_params"] = sum(isinstance(p, QuantizedTensor) for p in params)
-        result["float_param_bytes"] = sum(p.nbytes for p in params if not isinstance(p, QuantizedTensor))
+        result["quantized_params"] = sum(gguf_type(p) is not None for p in params)
+        result["float_param_bytes"] = sum(p.nbytes for p in params if gguf_type(p) is None)
     result["fallback_dequantizations"] = FALLBACKS.count
     result["fallback_ops"] = FALLBACKS.ops
     return result

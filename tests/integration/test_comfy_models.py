@@ -23,7 +23,7 @@ from gguf import GGMLQuantizationType as Q, GGUFReader, quants
 
 from comfyui_zimage_gguf.errors import IncompatibleModelError
 from comfyui_zimage_gguf.ops.state_dict import SMALL_TENSOR_ELEMENTS
-from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
+from comfyui_zimage_gguf.ops.comfy_layout import gguf_type
 
 
 def _load_helper():
@@ -187,9 +187,9 @@ def test_gguf_loads_as_comfy_zimage_with_quantized_weights(session, case):
         assert value.dtype.is_floating_point, f"{name} reports {value.dtype}"
         ggml_type, data, shape = stored[name]
         if int(np.prod(shape)) >= SMALL_TENSOR_ELEMENTS:
-            assert isinstance(value, QuantizedTensor) and value.ggml_type == ggml_type, f"{name}: {value!r}"
+            assert gguf_type(value) == ggml_type, f"{name}: {value!r}"
         else:
-            assert not isinstance(value, QuantizedTensor), name
+            assert gguf_type(value) is None, name
     matrix_types = {stored[n][0] for n in stored if n.startswith("layers.0.") and len(stored[n][2]) == 2}
     assert matrix_types == {spec.matrix_type}
     for pad in ("x_pad_token", "cap_pad_token"):
@@ -250,7 +250,7 @@ def test_lora_keeps_gguf_weights_quantized_and_patches_at_dequant(session):
     session.comfy.model_management.load_models_gpu([patcher])  # what sampling left loaded
     for module_name in LORA_TARGETS:
         module = patcher.get_model_object(f"diffusion_model.{module_name}")
-        assert isinstance(module.weight, QuantizedTensor) and module.weight.ggml_type == Q.F16
+        assert gguf_type(module.weight) == Q.F16
         assert any(isinstance(f, session.comfy.model_patcher.LowVramPatch) for f in module.weight_function)
 
 
@@ -311,7 +311,7 @@ def test_qwen3_4b_gguf_encoder_matches_native(session, qwen3_4b_files):
     gguf_path, safetensors_path = qwen3_4b_files
     clip = session.loaders.load_text_encoder(str(gguf_path), "lumina2", {}, CPU)
     embedding = clip.cond_stage_model.qwen3_4b.transformer.model.embed_tokens.weight
-    assert isinstance(embedding, QuantizedTensor) and embedding.ggml_type == Q.Q8_0
+    assert gguf_type(embedding) == Q.Q8_0
     got = _encode(clip)
     assert got.shape[0] == 1 and got.shape[2] == 2560 and got.shape[1] > 5
     assert torch.isfinite(got).all()
@@ -321,7 +321,7 @@ def test_qwen3_4b_gguf_encoder_matches_native(session, qwen3_4b_files):
         model_options={"qwen3_4b_model_config": {"num_hidden_layers": 3}})
     # Same fp32 values (Q8_0 dequantizes exactly in fp32) and fp32 compute on both sides.
     assert torch.equal(got, _encode(native))
-    assert isinstance(clip.cond_stage_model.qwen3_4b.transformer.model.embed_tokens.weight, QuantizedTensor)
+    assert gguf_type(clip.cond_stage_model.qwen3_4b.transformer.model.embed_tokens.weight) is not None
 
 
 def test_narrow_encoder_with_zimage_fails_before_the_model_runs(session):
