@@ -121,7 +121,7 @@ def test_queue_command_end_to_end(comfy_server, zimage_gguf_name, qwen3_4b_gguf_
     assert png_size(out.read_bytes()) == (96, 64)
 
 
-def test_queue_command_reports_a_failed_run_in_one_line(comfy_server, zimage_gguf_name, qwen3_narrow_gguf_name,
+def test_queue_command_reports_a_failed_run_first_line_first(comfy_server, zimage_gguf_name, qwen3_narrow_gguf_name,
                                                         flux_vae_name, tmp_path, cli_env, run_timeout_s):
     workflow_path = tmp_path / "mismatched_api.json"
     workflow_path.write_text(json.dumps(small_workflow(zimage_gguf_name, qwen3_narrow_gguf_name, flux_vae_name)))
@@ -131,8 +131,11 @@ def test_queue_command_reports_a_failed_run_in_one_line(comfy_server, zimage_ggu
         capture_output=True, text=True, timeout=run_timeout_s + 60, env=cli_env, cwd=tmp_path,
     )
     assert result.returncode == 1, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ComfyUI failed to run the workflow:")
-    assert "IncompatibleModelError" in result.stderr
+    # one line says what failed and what to do; the error's detail lines (files, widths, download) follow
+    first, *details = result.stderr.splitlines()
+    assert first.startswith("error: ComfyUI failed to run the workflow:") and "IncompatibleModelError" in first
+    assert "load a Qwen3-4B text encoder" in first
+    assert any("models/text_encoders" in line for line in details)
     assert not (tmp_path / "never.png").exists()
 
 
