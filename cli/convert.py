@@ -334,8 +334,10 @@ class Progress:
 
 
 def write_gguf(out_path, architecture: str, mix: str, tensors: list[tuple[str, tuple[int, ...], T, Callable[[], torch.Tensor]]],
-               progress: Progress | None = None, overwrite: bool = False) -> Path:
-    """Write (name, shape, type, load) tensors streaming through OUT.partial; returns the final path."""
+               progress: Progress | None = None, overwrite: bool = False,
+               metadata: Callable[[GGUFWriter], None] | None = None) -> Path:
+    """Write (name, shape, type, load) tensors streaming through OUT.partial; returns the final path.
+    `metadata(writer)` adds keys of the architecture (a text encoder's hyperparameters)."""
     from ..ops.quant_rules import MIXES
 
     out_path = Path(out_path)
@@ -350,6 +352,8 @@ def write_gguf(out_path, architecture: str, mix: str, tensors: list[tuple[str, t
     writer = GGUFWriter(str(partial), arch=architecture)
     writer.add_file_type(int(MIXES[mix].file_type))
     writer.add_quantization_version(GGML_QUANT_VERSION)
+    if metadata:
+        metadata(writer)
     for name, shape, ggml_type, _ in tensors:
         writer.add_tensor_info(name, shape, np.dtype(np.float32), _nbytes(ggml_type, shape), raw_dtype=ggml_type)
     try:
@@ -372,21 +376,32 @@ def write_gguf(out_path, architecture: str, mix: str, tensors: list[tuple[str, t
 
 def convert(src, out, mix: str = "Q4_K_M", overwrite: bool = False, progress: bool = True,
             warn: Callable[[str], None] | None = None) -> Path:
-    """Convert a Z-Image diffusion model file to a GGUF of the given mix; returns the written path."""
+    """Convert a Z-Image diffusion model (or a Qwen3 text encoder) to a GGUF of the given mix; returns
+    the written path."""
     from ..ops.quant_rules import MIXES, plan_types
+    from .convert_encoder import qwen3_prefix, qwen3_tensors
 
     if mix not in MIXES:
         raise ConvertError(f"unknown type {mix}: choose one of {', '.join(MIXES)}")
     source = open_source(src)
     try:
-        architecture, tensors = _diffusion_tensors(source)
+        encoder_prefix = qwen3_prefix(t.name for t in source.tensors)
+        extra_metadata = None
+        if encoder_prefix is not None:
+            def refuse(message):
+                raise ConvertError(f"{source.path.name}: {message}\n{source.path}")
+
+            architecture = "qwen3"
+            tensors, extra_metadata = qwen3_tensors(source, encoder_prefix, SourceTensor, refuse)
+        else:
+            architecture, tensors = _diffusion_tensors(source)
         if source.requantized and warn:
             warn(f"{source.path.name} is already quantized: requantizing to {mix} adds the errors of both "
                  f"quantizations; convert the original BF16/F16 file if you have it")
         plan = plan_types({t.name: (t.shape, t.dtype) for t in tensors}, mix, architecture)
         jobs = [(t.name, t.shape, plan[t.name], t.load) for t in tensors]
         meter = Progress(len(jobs), sum(_nbytes(ty, shape) for _, shape, ty, _ in jobs)) if progress else None
-        return write_gguf(out, architecture, mix, jobs, meter, overwrite)
+        return write_gguf(out, architecture, mix, jobs, meter, overwrite, extra_metadata)
     finally:
         source.close()
 
@@ -394,7 +409,8 @@ def convert(src, out, mix: str = "Q4_K_M", overwrite: bool = False, progress: bo
 def add_convert_parser(sub) -> None:
     from ..ops.quant_rules import MIXES
 
-    parser = sub.add_parser("convert", help="write a Z-Image model (safetensors or GGUF) as a quantized GGUF")
+    parser = sub.add_parser("convert", help="write a Z-Image model (safetensors, diffusers folder or GGUF) or a "
+                                            "Qwen3 text encoder (HF/ComfyUI safetensors) as a quantized GGUF")
     parser.add_argument("src", help="Z-Image diffusion model: ComfyUI .safetensors (BF16/F16/F32, scaled fp8), "
                                         "a diffusers folder (or its transformer/), or a .gguf")
     parser.add_argument("out", help="output .gguf path (written through OUT.partial)")
