@@ -68,6 +68,11 @@ class Family:
     min_quantized_dims: int = 2
     tied_output: tuple[str, ...] = ()  # the output matrix (llama.cpp's OUTPUT category)
     small_elements: int = 0  # tensors up to this size stay F32 (city96's convert.py: 1024)
+    # bare nn.Parameters (not a layer's weight) that would be BF16: written F32. city96's loader
+    # views only F32/F16 data to the tensor's shape, so a BF16 [1, 3840] pad token reaches
+    # load_state_dict as 7680 bytes and fails (measured: ComfyUI-GGUF 795e451); its convert.py keeps
+    # such parameters in F32 for other archs ("keys_hiprec").
+    f32_parameters: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
 
@@ -75,6 +80,7 @@ LUMINA2 = Family(
     name="lumina2",
     keep=("t_embedder.", "x_embedder.", "final_layer.", "cap_embedder.", "context_refiner.", "noise_refiner."),
     small_elements=1024,
+    f32_parameters=("x_pad_token", "cap_pad_token"),
     bumps=(
         Bump("to_v / attn_v", ("attn_v.weight", ".to_v.weight", ".v.weight", ".attn.w1v.weight", ".attn.w2v.weight",
                                "_attn.v_proj.weight"),
@@ -146,12 +152,13 @@ def _quantized(rules: Family, name: str, shape) -> bool:
             and not any(k in name for k in rules.keep))
 
 
-def _unquantized_type(rules: Family, chosen: Mix, dtype: torch.dtype, shape) -> T:
+def _unquantized_type(rules: Family, chosen: Mix, name: str, dtype: torch.dtype, shape) -> T:
     if rules is LUMINA2:
         small = len(shape) <= 1 or math.prod(shape) <= rules.small_elements
-        if chosen.base in FLOAT_BASES and not small:
-            return chosen.base
-        return kept_type(dtype, shape)
+        kept = chosen.base if chosen.base in FLOAT_BASES and not small else kept_type(dtype, shape)
+        if kept == T.BF16 and name in rules.f32_parameters:
+            return T.F32
+        return kept
     if ggml_dims(shape) == 1:
         return T.F32
     return chosen.base if chosen.base in FLOAT_BASES else T.F16
@@ -167,7 +174,7 @@ def plan_types(tensors: Mapping[str, tuple[tuple[int, ...], torch.dtype]], mix: 
     plan = {}
     for name, (shape, dtype) in tensors.items():
         if chosen.base in FLOAT_BASES or not _quantized(rules, name, shape):
-            plan[name] = _unquantized_type(rules, chosen, dtype, shape)
+            plan[name] = _unquantized_type(rules, chosen, name, dtype, shape)
             continue
         ggml_type = chosen.base
         if name in rules.tied_output and mix in rules.extra.get("tied_output_mixes", ()):

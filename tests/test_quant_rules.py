@@ -53,7 +53,7 @@ def test_zimage_types_follow_city96(mix):
     plan = plan_types(ZIMAGE, mix, "lumina2")
     for name, (shape, _) in ZIMAGE.items():
         kind = zimage_kind(name)
-        if len(shape) == 1:
+        if len(shape) == 1 or name.endswith("pad_token"):  # pad tokens: F32, city96's loader needs it
             expected = T.F32
         elif kind == "kept":
             expected = T.BF16
@@ -65,6 +65,14 @@ def test_zimage_types_follow_city96(mix):
 def test_zimage_bf16_mix_keeps_vectors_in_f32():
     plan = plan_types(ZIMAGE, "BF16", "lumina2")
     assert plan["layers.0.feed_forward.w2.weight"] == T.BF16 and plan["layers.0.ffn_norm1.weight"] == T.F32
+
+
+@pytest.mark.parametrize("mix", ["Q4_K_M", "BF16"])
+def test_zimage_pad_tokens_are_never_bf16(mix):
+    # [1, 3840] nn.Parameters: BF16 would be city96's loader's 7680-byte rows; F16 sources stay F16
+    assert plan_types(ZIMAGE, mix, "lumina2")["x_pad_token"] == T.F32
+    f16 = {name: (shape, torch.float16) for name, (shape, _) in ZIMAGE.items()}
+    assert plan_types(f16, mix, "lumina2")["cap_pad_token"] == (T.F16 if mix == "Q4_K_M" else T.F32)
 
 
 def test_rows_that_are_not_whole_blocks_fall_back_to_f16():
