@@ -67,10 +67,56 @@ def _file_kind(path: Path) -> str:
                        f"{path}: starts with {head[:8]!r}")
 
 
-def _open_safetensors(path: Path) -> Source:
-    from safetensors import safe_open
+class _SafetensorsFile:
+    """A safetensors file read with plain reads, one tensor at a time (no memory map: the pages of a
+    multi-GB file read through a map would count in the process's RSS until the map goes)."""
 
-    handle = safe_open(str(path), framework="pt")
+    DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+              "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "U8": torch.uint8, "I8": torch.int8,
+              "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "BOOL": torch.bool}
+
+    def __init__(self, path: Path):
+        import json
+
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+        except (OSError, ValueError, struct.error) as e:
+            raise ConvertError(f"{path.name}: not a readable safetensors file ({e})\n{path}") from None
+        self._metadata = header.pop("__metadata__", None) or {}
+        self._entries = header
+        self._data_start = 8 + size
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def metadata(self) -> dict:
+        return self._metadata
+
+    def dtype_name(self, name: str) -> str:
+        return self._entries[name]["dtype"]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._entries[name]["shape"])
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        entry = self._entries[name]
+        start, end = entry["data_offsets"]
+        buffer = bytearray(end - start)
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + start)
+            if f.readinto(buffer) != len(buffer):
+                raise ConvertError(f"{self.path.name}: the file ends inside tensor {name} (truncated?)\n{self.path}")
+        dtype = self.DTYPES[entry["dtype"]]
+        if not buffer:
+            return torch.empty(entry["shape"], dtype=dtype)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(entry["shape"])
+
+
+def _open_safetensors(path: Path) -> Source:
+    handle = _SafetensorsFile(path)
     metadata = handle.metadata() or {}
     tensors, scaled = _safetensors_tensors(path, handle, metadata)
     return Source(path, tensors, metadata, requantized=scaled)
@@ -141,9 +187,8 @@ def _safetensors_tensors(path: Path, handle, metadata: dict) -> tuple[list[Sourc
     for name in names:
         if name in auxiliary:
             continue
-        piece = handle.get_slice(name)
-        shape = tuple(piece.get_shape())
-        dtype_name = piece.get_dtype()
+        shape = handle.shape(name)
+        dtype_name = handle.dtype_name(name)
         if dtype_name in FP8_DTYPES:
             layer = name[:-len(".weight")] if name.endswith(".weight") else name
             scale_name = next((layer + s for s in _WEIGHT_SCALES if layer + s in present), None)
@@ -186,8 +231,6 @@ def _open_gguf(path: Path) -> Source:
 
 def _open_diffusers_folder(path: Path) -> Source:
     """A diffusers model folder (or its `transformer/` subfolder): every safetensors shard, one Source."""
-    from safetensors import safe_open
-
     folder = path / "transformer" if (path / "transformer").is_dir() else path
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
@@ -197,7 +240,7 @@ def _open_diffusers_folder(path: Path) -> Source:
     for shard in shards:
         if _file_kind(shard) != "safetensors":
             raise ConvertError(f"{shard.name} in {path.name} is not a safetensors file\n{shard}")
-        handle = safe_open(str(shard), framework="pt")
+        handle = _SafetensorsFile(shard)
         shard_metadata = handle.metadata() or {}
         shard_tensors, shard_scaled = _safetensors_tensors(shard, handle, shard_metadata)
         for tensor in shard_tensors:

@@ -204,3 +204,34 @@ def test_folder_without_safetensors_is_refused(tmp_path, capsys):
     assert capsys.readouterr().err.strip().startswith(
         "error: empty_model is a folder without safetensors files: convert reads one safetensors or GGUF file, "
         "or a diffusers folder")
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def test_safetensors_are_read_without_a_memory_map(tmp_path, monkeypatch):
+    # a map's pages count in RSS: converting a 12 GB file through one reads like a 12 GB process
+    from comfyui_zimage_gguf.cli import convert as module
+
+    src = tmp_path / "z.safetensors"
+    safetensors.torch.save_file({n: v.to(torch.bfloat16) for n, v in comfy_values().items()}, str(src))
+    mapped = []
+    real = module._encode
+
+    def spying(values, ggml_type):
+        with open("/proc/self/maps") as maps:
+            mapped.append(any(line.rstrip().endswith(str(src)) for line in maps))
+        return real(values, ggml_type)
+
+    monkeypatch.setattr(module, "_encode", spying)
+    convert(src, tmp_path / "z.gguf", "Q8_0", progress=False)
+    assert len(mapped) > 10 and not any(mapped)
+
+
+def test_truncated_safetensors_is_refused(tmp_path):
+    src = tmp_path / "cut.safetensors"
+    safetensors.torch.save_file({n: v.to(torch.bfloat16) for n, v in comfy_values().items()}, str(src))
+    src.write_bytes(src.read_bytes()[:-1000])
+    with pytest.raises(ConvertError, match=r"^cut.safetensors: the file ends inside tensor \S+ \(truncated\?\)"):
+        convert(src, tmp_path / "o.gguf", "Q8_0", progress=False)
+    assert list(tmp_path.glob("o.gguf*")) == []
