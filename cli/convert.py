@@ -455,7 +455,8 @@ def add_convert_parser(sub) -> None:
     parser = sub.add_parser("convert", help="write a Z-Image model (safetensors, diffusers folder or GGUF) or a "
                                             "Qwen3 text encoder (HF/ComfyUI safetensors) as a quantized GGUF")
     parser.add_argument("src", help="Z-Image diffusion model: ComfyUI .safetensors (BF16/F16/F32, scaled fp8), "
-                                        "a diffusers folder (or its transformer/), or a .gguf")
+                                        "a diffusers folder (or its transformer/), or a .gguf; or a Qwen3 text "
+                                        "encoder in HF/ComfyUI names (.safetensors or an HF folder)")
     parser.add_argument("out", help="output .gguf path (written through OUT.partial)")
     parser.add_argument("--type", default="Q4_K_M", choices=list(MIXES), help="llama.cpp file type (default Q4_K_M)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")

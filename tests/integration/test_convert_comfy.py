@@ -243,3 +243,25 @@ def test_converted_file_loads_in_city96_comfyui_gguf(start_comfy_server, convert
     difference = float(np.abs(city96 - pack).max())
     print(f"\ncity96 vs pack image of the converted Q4_K_M file: max |diff| = {difference:.0f}/255")
     assert difference <= CITY96_VS_PACK_MAX_PIXEL_DIFFERENCE
+
+
+# --- d. a converted Qwen3 encoder through our text-encoder loader -----------------------------------
+
+
+def test_converted_qwen3_encoder_encodes_like_the_llama_cpp_file(comfy, tmp_path):
+    from comfyui_zimage_gguf.nodes import loaders
+
+    # the factory's Q8_0 GGUF (gguf-py's bytes) and the same values as an HF-named float32 safetensors
+    gguf_path, safetensors_path = inprocess.qwen3_encoder_files("qwen3_4b", n_layers=3, ggml_type="Q8_0")
+    converted = convert(safetensors_path, tmp_path / "qwen3_4b-converted-Q8_0.gguf", "Q8_0", progress=False)
+
+    def encode(path):
+        clip = loaders.load_text_encoder(str(path), "lumina2", {}, CPU)
+        tokens = clip.tokenize("a photo of a cat sitting on a red chair")
+        return clip.encode_from_tokens_scheduled(tokens)[0][0]
+
+    got, expected = encode(converted), encode(gguf_path)
+    comfy.model_management.unload_all_models()
+    gc.collect()
+    assert got.shape[-1] == 2560 and torch.isfinite(got).all()
+    assert torch.equal(got, expected)  # Q8_0 of Q8_0 values: the same bytes, the same conditioning
