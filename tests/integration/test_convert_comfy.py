@@ -265,3 +265,59 @@ def test_converted_qwen3_encoder_encodes_like_the_llama_cpp_file(comfy, tmp_path
     gc.collect()
     assert got.shape[-1] == 2560 and torch.isfinite(got).all()
     assert torch.equal(got, expected)  # Q8_0 of Q8_0 values: the same bytes, the same conditioning
+
+
+# --- e. a ComfyUI scaled-fp8 checkpoint: convert applies the scales as ComfyUI does ----------------
+
+
+def _write_scaled_fp8(bf16_path: Path, out: Path) -> None:
+    """The bf16 model as ComfyUI writes fp8 checkpoints today: every 2-D `.weight` float8_e4m3fn with
+    a float32 `weight_scale` (absmax / 448) and a `comfy_quant` {"format": "float8_e4m3fn"}."""
+    import json
+
+    import safetensors.torch
+    from safetensors import safe_open
+
+    tensors = {}
+    with safe_open(str(bf16_path), framework="pt") as handle:
+        for name in handle.keys():
+            value = handle.get_tensor(name)
+            if value.dim() == 2 and name.endswith(".weight") and min(value.shape) > 1:
+                layer = name[:-len(".weight")]
+                scale = (value.float().abs().max() / 448.0).reshape(())
+                tensors[name] = (value.float() / scale).to(torch.float8_e4m3fn)
+                tensors[f"{layer}.weight_scale"] = scale
+                tensors[f"{layer}.comfy_quant"] = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()),
+                                                               dtype=torch.uint8)
+            else:
+                tensors[name] = value
+    safetensors.torch.save_file(tensors, str(out))
+
+
+def test_scaled_fp8_checkpoint_converts_to_what_comfy_computes_from_it(comfy, bf16_source, bf16_output, inputs,
+                                                                      tmp_path):
+    from comfyui_zimage_gguf.nodes import loaders
+
+    fp8_path = tmp_path / "zimage-test-fp8_scaled.safetensors"
+    _write_scaled_fp8(bf16_source, fp8_path)
+    native = comfy.sd.load_diffusion_model(str(fp8_path))
+    assert type(native.model.model_config).__name__ == "ZImage"
+    expected = inprocess.sample_steps(comfy, native, *inputs)
+    del native
+    comfy.model_management.unload_all_models()
+    gc.collect()
+
+    converted = convert(fp8_path, tmp_path / "from-fp8-Q8_0.gguf", "Q8_0", progress=False)
+    fp8_path.unlink()
+    patcher = loaders.load_diffusion_gguf(str(converted), None, False, CPU)
+    out = inprocess.sample_steps(comfy, patcher, *inputs)
+    del patcher
+    comfy.model_management.unload_all_models()
+    gc.collect()
+    difference = _relative_difference(out, expected)
+    fp8_error = _relative_difference(expected, bf16_output)
+    print(f"\nQ8_0 converted from scaled fp8 vs ComfyUI running the fp8 file: {difference:.4f} "
+          f"(the fp8 file vs bf16: {fp8_error:.4f})")
+    # measured (seed 0): 0.38% from ComfyUI's own fp8 run, whose distance to bf16 is 3.9%
+    assert 0 < difference < Q8_0_VS_BF16_TOLERANCE
+    assert difference < fp8_error  # unscaled (or wrongly scaled) weights would be far off
