@@ -329,3 +329,24 @@ def zimage_workflow(loaders: str, unet: str, clip: str, vae: str, size: int = 12
         "decode": {"class_type": "VAEDecode", "inputs": {"samples": [SAMPLER_NODE, 0], "vae": ["vae", 0]}},
         "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "e2e"}},
     }
+
+
+SHIPPED_API_WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "z_image_turbo_gguf_api.json"
+
+
+def node_of_type(workflow: dict, class_type: str) -> dict:
+    (node,) = [node for node in workflow.values() if node["class_type"] == class_type]
+    return node
+
+
+def shipped_workflow(unet: str, clip: str, vae: str, clip_type: str = "lumina2", size: int | None = None,
+                     steps: int = 1) -> dict:
+    """The shipped API-format workflow with its model files swapped (by node type) for test files."""
+    workflow = json.loads(SHIPPED_API_WORKFLOW.read_text(encoding="utf-8"))
+    node_of_type(workflow, "ZImageGGUFDiffusionModelLoader")["inputs"]["unet_name"] = unet
+    node_of_type(workflow, "ZImageGGUFTextEncoderLoader")["inputs"].update(clip_name=clip, type=clip_type)
+    node_of_type(workflow, "VAELoader")["inputs"]["vae_name"] = vae
+    if size is not None:
+        node_of_type(workflow, "EmptySD3LatentImage")["inputs"].update(width=size, height=size)
+    node_of_type(workflow, "KSampler")["inputs"]["steps"] = steps
+    return workflow

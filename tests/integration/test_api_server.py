@@ -22,24 +22,16 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-API_WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "z_image_turbo_gguf_api.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfy_server import SHIPPED_API_WORKFLOW as API_WORKFLOW, node_of_type, shipped_workflow  # noqa: E402
+
 KEY = "sk-integration-9f2c41d7"
 MODEL, WRONG_ENCODER, MISSING_FILE = "zimage_small", "zimage_wrong_encoder", "zimage_missing_vae"
 SIZE = "128x128"
 
 
-def node_of_type(workflow: dict, class_type: str) -> dict:
-    (node,) = [node for node in workflow.values() if node["class_type"] == class_type]
-    return node
-
-
 def served_workflow(unet: str, clip: str, vae: str, clip_type: str = "lumina2") -> dict:
-    workflow = json.loads(API_WORKFLOW.read_text(encoding="utf-8"))
-    node_of_type(workflow, "ZImageGGUFDiffusionModelLoader")["inputs"]["unet_name"] = unet
-    node_of_type(workflow, "ZImageGGUFTextEncoderLoader")["inputs"].update(clip_name=clip, type=clip_type)
-    node_of_type(workflow, "VAELoader")["inputs"]["vae_name"] = vae
-    node_of_type(workflow, "KSampler")["inputs"]["steps"] = 1
-    return workflow
+    return shipped_workflow(unet, clip, vae, clip_type)
 
 
 def png_chunks(content: bytes) -> list[tuple[bytes, bytes]]:

@@ -14,7 +14,9 @@ import urllib.parse
 from pathlib import Path
 
 
-API_WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "z_image_turbo_gguf_api.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfy_server import SHIPPED_API_WORKFLOW as API_WORKFLOW, node_of_type, shipped_workflow  # noqa: E402
+
 TEST_SIZE = 64
 TEST_STEPS = 1
 
@@ -25,22 +27,8 @@ def png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-def node_of_type(workflow: dict, class_type: str) -> dict:
-    (node,) = [node for node in workflow.values() if node["class_type"] == class_type]
-    return node
-
-
 def small_workflow(unet: str, clip: str, vae: str, clip_type: str = "lumina2") -> dict:
-    workflow = json.loads(API_WORKFLOW.read_text(encoding="utf-8"))
-    node_of_type(workflow, "ZImageGGUFDiffusionModelLoader")["inputs"]["unet_name"] = unet
-    encoder = node_of_type(workflow, "ZImageGGUFTextEncoderLoader")["inputs"]
-    encoder["clip_name"] = clip
-    encoder["type"] = clip_type
-    node_of_type(workflow, "VAELoader")["inputs"]["vae_name"] = vae
-    latent = node_of_type(workflow, "EmptySD3LatentImage")["inputs"]
-    latent["width"] = latent["height"] = TEST_SIZE
-    node_of_type(workflow, "KSampler")["inputs"]["steps"] = TEST_STEPS
-    return workflow
+    return shipped_workflow(unet, clip, vae, clip_type, size=TEST_SIZE, steps=TEST_STEPS)
 
 
 def outcome(entry: dict) -> str:

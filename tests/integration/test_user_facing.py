@@ -11,31 +11,23 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfy_server import node_of_type, shipped_workflow  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
-API_WORKFLOW = REPO / "workflows" / "api" / "z_image_turbo_gguf_api.json"
 PACK_NAME = "comfyui_zimage_gguf"  # the fixture's symlink name in custom_nodes/
 DIFFUSION = "ZImageGGUFDiffusionModelLoader"
 ENCODER = "ZImageGGUFTextEncoderLoader"
 
 
-def node_of_type(workflow: dict, class_type: str) -> dict:
-    (node,) = [node for node in workflow.values() if node["class_type"] == class_type]
-    return node
-
-
 def small_workflow(unet: str, clip: str, vae: str, clip_type: str = "lumina2") -> dict:
-    workflow = json.loads(API_WORKFLOW.read_text(encoding="utf-8"))
-    node_of_type(workflow, DIFFUSION)["inputs"]["unet_name"] = unet
-    node_of_type(workflow, ENCODER)["inputs"].update(clip_name=clip, type=clip_type)
-    node_of_type(workflow, "VAELoader")["inputs"]["vae_name"] = vae
-    node_of_type(workflow, "EmptySD3LatentImage")["inputs"].update(width=64, height=64)
-    node_of_type(workflow, "KSampler")["inputs"]["steps"] = 1
-    return workflow
+    return shipped_workflow(unet, clip, vae, clip_type, size=64)
 
 
 def history_error(entry: dict) -> dict:
