@@ -15,7 +15,7 @@ import functools
 from .buffers import release_output_buffers
 from .comfy_layout import available as comfy_layout_available
 from .comfy_layout import embedding_rows, is_gguf_tensor, to_comfy_state_dict
-from .layers import LayerOptions, make_layer_namespace
+from .layers import LayerOptions, adopt_quantized_state, make_layer_namespace
 from .tensor import QuantizedTensor
 
 
@@ -78,7 +78,6 @@ def make_layout_ops():
     The namespace holds no per-model state (LoRA settings live on the patcher), so one serves all.
     """
     import comfy.ops
-    import torch
 
     from .comfy_layout import register
 
@@ -88,23 +87,12 @@ def make_layout_ops():
     class AdoptsGGUFWeights:
         def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                                   unexpected_keys, error_msgs):
-            own = {name: state_dict.get(prefix + name) for name in ("weight", "bias")}
-            if not any(is_gguf_tensor(value) for value in own.values()):
+            if not adopt_quantized_state(self, state_dict, prefix, missing_keys, error_msgs, is_gguf_tensor):
                 return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                                      unexpected_keys, error_msgs)
-            for name, value in own.items():
-                current = getattr(self, name, None)
-                if value is None:
-                    if current is not None and name == "weight":
-                        missing_keys.append(prefix + name)
-                    continue
-                if current is not None and current.shape != value.shape:
-                    error_msgs.append(f"size mismatch for {prefix}{name}: the file holds {list(value.shape)}, "
-                                      f"the model expects {list(current.shape)}")
-                    continue
-                setattr(self, name, torch.nn.Parameter(value, requires_grad=False))
-                if name == "weight" and is_gguf_tensor(value):
-                    self.layout_type = value._layout_cls
+            weight = getattr(self, "weight", None)
+            if is_gguf_tensor(weight):
+                self.layout_type = weight._layout_cls
 
     members = {name: type(name, (AdoptsGGUFWeights, getattr(base, name)), {"__module__": __name__})
                for name in _LAYOUT_OPS_LAYERS if hasattr(base, name)}

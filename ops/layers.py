@@ -52,6 +52,27 @@ def materialize(tensor, dtype: torch.dtype, device, reuse_buffer: bool = False) 
     return tensor.to(device=device, dtype=dtype)
 
 
+def adopt_quantized_state(module, state_dict, prefix, missing_keys, error_msgs, is_quantized) -> bool:
+    """Adopt a layer's quantized weight (and the plain tensors beside it, e.g. an F32 bias) as they
+    are, with no copy into a float parameter. False, touching nothing, when neither weight nor bias
+    is quantized (the caller then loads the usual way)."""
+    own = {name: state_dict.get(prefix + name) for name in ("weight", "bias")}
+    if not any(is_quantized(value) for value in own.values()):
+        return False
+    for name, value in own.items():
+        current = getattr(module, name, None)
+        if value is None:
+            if current is not None and name == "weight":
+                missing_keys.append(prefix + name)
+            continue
+        if current is not None and current.shape != value.shape:
+            error_msgs.append(f"size mismatch for {prefix}{name}: the file holds {list(value.shape)}, "
+                              f"the model expects {list(current.shape)}")
+            continue
+        setattr(module, name, torch.nn.Parameter(value, requires_grad=False))
+    return True
+
+
 class DequantLayerMixin:
     """Shared by every dequantizing layer: state-dict loading and weight/bias casting."""
 
@@ -61,26 +82,11 @@ class DequantLayerMixin:
     bias_function: list = []
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        own = {name: state_dict.get(prefix + name) for name in ("weight", "bias")}
-        if not any(isinstance(value, QuantizedTensor) for value in own.values()):
+        if not adopt_quantized_state(self, state_dict, prefix, missing_keys, error_msgs,
+                                     lambda value: isinstance(value, QuantizedTensor)):
             return super()._load_from_state_dict(
                 state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
             )
-        # Quantized data is adopted as it is (no copy into a float parameter); the plain tensors
-        # beside it (e.g. an F32 bias of a quantized weight) are adopted too.
-        for name, value in own.items():
-            current = getattr(self, name, None)
-            if value is None:
-                if current is not None and name == "weight":
-                    missing_keys.append(prefix + name)
-                continue
-            if current is not None and current.shape != value.shape:
-                error_msgs.append(
-                    f"size mismatch for {prefix}{name}: the file holds {list(value.shape)}, "
-                    f"the model expects {list(current.shape)}"
-                )
-                continue
-            setattr(self, name, torch.nn.Parameter(value, requires_grad=False))
 
     def cast_bias_weight(self, input: torch.Tensor, dtype: torch.dtype | None = None):
         """Dequantized (and LoRA-patched) weight and bias in the input's dtype, on its device."""
