@@ -2,7 +2,8 @@
 
 A quantizer takes a float32 tensor (n_blocks, block_size) and returns uint8 (n_blocks, type_size).
 The legacy types equal gguf-py's `quants.quantize`; the K-quants and IQ4 types follow ggml's
-reference path without an importance matrix (what llama-quantize writes), operation for operation
+reference path without an importance matrix (what llama-quantize writes), and Q4_K/Q5_K/Q6_K/IQ4_NL/
+IQ4_XS also ggml's importance-matrix path (llama-quantize --imatrix), operation for operation
 in float32 (see common.py for why sums are loops). Vectorised over blocks; float32 only, so the
 same code runs on CPU, CUDA and MPS.
 
@@ -29,9 +30,14 @@ class Quantizer:
     # Weights per chunk: the searches hold (group, candidates, groups) float32 intermediates,
     # 16-21 candidates, so they take smaller chunks than the one-pass legacy types.
     chunk_elements: int
+    # Whether quantize_blocks takes importance weights (llama.cpp's imatrix, one per column,
+    # laid out like blocks) as a second argument, weighting as ggml does.
+    takes_imatrix: bool = False
 
-    def __call__(self, blocks: torch.Tensor) -> torch.Tensor:
-        return self.quantize_blocks(blocks)
+    def __call__(self, blocks: torch.Tensor, quant_weights: torch.Tensor | None = None) -> torch.Tensor:
+        if quant_weights is None:
+            return self.quantize_blocks(blocks)
+        return self.quantize_blocks(blocks, quant_weights)
 
 
 def _float_copy(dtype: torch.dtype) -> BlockQuantizer:
@@ -49,6 +55,6 @@ QUANTIZERS: dict[T, Quantizer] = {
     T.F16: Quantizer(_float_copy(torch.float16), _ONE_PASS),
     T.BF16: Quantizer(_float_copy(torch.bfloat16), _ONE_PASS),
     **{t: Quantizer(f, _ONE_PASS) for t, f in legacy.QUANTIZERS.items()},
-    **{t: Quantizer(f, _SEARCH) for t, f in kquants.QUANTIZERS.items()},
-    **{t: Quantizer(f, _SEARCH) for t, f in iq4.QUANTIZERS.items()},
+    **{t: Quantizer(f, _SEARCH, t in kquants.IMATRIX_TYPES) for t, f in kquants.QUANTIZERS.items()},
+    **{t: Quantizer(f, _SEARCH, t in iq4.IMATRIX_TYPES) for t, f in iq4.QUANTIZERS.items()},
 }

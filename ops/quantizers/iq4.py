@@ -14,7 +14,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from .common import (
-    GROUP_MAX_EPS, elements_first, first_absmax, fp16_bytes, nearest_int, pack_fields, scalar_over, sequential_sum,
+    GROUP_MAX_EPS, correctly_rounded_sqrt, elements_first, first_absmax, fp16_bytes, nearest_int, pack_fields, scalar_over, sequential_sum,
 )
 
 # ggml's kvalues_iq4nl.
@@ -36,11 +36,13 @@ def best_index(scaled: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(scaled + scaled, thresholds, right=True)
 
 
-def _search(x: torch.Tensor) -> torch.Tensor:
-    """x (32, groups), element index first -> each group's scale (0 for an all-zero group)."""
+def _search(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """x (32, groups), element index first -> each group's scale (0 for an all-zero group).
+
+    weights: x*x, or (with an importance matrix) qw * sqrt(sigma2 + x^2) in x's layout."""
     values, _ = _tables(x.device)
     peak = first_absmax(x, 0)
-    weights = x * x
+    weights = x * x if weights is None else weights
 
     def sums(inverse):
         q = values[best_index(inverse * x)]
@@ -70,15 +72,24 @@ def _pack_levels(levels: torch.Tensor) -> torch.Tensor:
     return pack_fields(levels.view(m, -1, 2, 16).transpose(2, 3), 4).reshape(m, -1)
 
 
-def quantize_iq4_nl(blocks: torch.Tensor) -> torch.Tensor:
-    scale = _search(elements_first(blocks))
+def _importance(blocks: torch.Tensor, quant_weights: torch.Tensor | None) -> torch.Tensor | None:
+    """qw * sqrtf(sigma2 + x^2) with sigma2 = sum(x^2) * (2 / n) over the (super-)block, as (m * n // 32, 32)."""
+    if quant_weights is None:
+        return None
+    sigma2 = sequential_sum(elements_first(blocks * blocks)) * (2.0 / blocks.shape[1])
+    weights = quant_weights * correctly_rounded_sqrt(sigma2.unsqueeze(1) + blocks * blocks)
+    return elements_first(weights.reshape(-1, 32))
+
+
+def quantize_iq4_nl(blocks: torch.Tensor, quant_weights: torch.Tensor | None = None) -> torch.Tensor:
+    scale = _search(elements_first(blocks), _importance(blocks, quant_weights))
     levels = best_index(blocks * _inverse(scale).unsqueeze(1))
     return torch.cat((fp16_bytes(scale), _pack_levels(levels)), dim=1)
 
 
-def quantize_iq4_xs(blocks: torch.Tensor) -> torch.Tensor:
+def quantize_iq4_xs(blocks: torch.Tensor, quant_weights: torch.Tensor | None = None) -> torch.Tensor:
     m = blocks.shape[0]
-    scales = _search(elements_first(blocks.reshape(-1, 32))).view(m, 8)
+    scales = _search(elements_first(blocks.reshape(-1, 32)), _importance(blocks, quant_weights)).view(m, 8)
     d = -first_absmax(scales, 1) / 32
     sub = nearest_int(_inverse(d).unsqueeze(1) * scales).clamp(-32, 31)
     sub_d = d.unsqueeze(1) * sub
@@ -88,6 +99,9 @@ def quantize_iq4_xs(blocks: torch.Tensor) -> torch.Tensor:
     scales_h = pack_fields((stored >> 4).view(m, 2, 4), 2)  # a little-endian uint16: scale i at bits 2i
     return torch.cat((fp16_bytes(d), scales_h, scales_l, _pack_levels(levels)), dim=1)
 
+
+# Both take per-column importance weights (quant_weights: (m, block_size)).
+IMATRIX_TYPES = (T.IQ4_NL, T.IQ4_XS)
 
 QUANTIZERS = {
     T.IQ4_NL: quantize_iq4_nl,

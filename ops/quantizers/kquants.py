@@ -15,7 +15,7 @@ from .common import (
     GROUP_MAX_EPS, correctly_rounded_sqrt, elements_first, first_absmax, fp16_bytes, fp16_round, nearest_int,
     pack_fields, positive_max, scalar_over, sequential_sum,
 )
-from .search import make_q3_quants, make_qkx2_quants, make_qx_quants_rmse1
+from .search import make_q3_quants, make_qkx2_quants, make_qp_quants, make_qx_quants_rmse1
 
 QK_K = 256
 
@@ -83,29 +83,63 @@ def _q4_k_weights(x: torch.Tensor) -> torch.Tensor:
     return correctly_rounded_sqrt(mean_square) + x.abs()
 
 
-def _k4_scales(blocks: torch.Tensor, nmax: int, nstep: int, rmin: float):
+def _sigma2(blocks: torch.Tensor) -> torch.Tensor:
+    """(m, n) -> (m,): 2 * sum(x^2) / n, the sum left to right (ggml's sigma2 for importance weights)."""
+    return 2 * sequential_sum(elements_first(blocks * blocks)) / blocks.shape[1]
+
+
+def importance_weights(blocks: torch.Tensor, quant_weights: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
+    """qw * sqrtf(sigma2 + x^2): ggml's element weights from an importance matrix.
+
+    blocks, quant_weights: (m, ..., n); sigma2: (m,)."""
+    shape = (-1,) + (1,) * (blocks.dim() - 1)
+    return quant_weights * correctly_rounded_sqrt(sigma2.view(shape) + blocks * blocks)
+
+
+def _k4_imatrix_scales(blocks: torch.Tensor, quant_weights: torch.Tensor, nmax: int):
+    """Q4_K/Q5_K with an importance matrix (ggml's quantize_row_q4_K_impl/_q5_K_impl): the search
+    weighted by qw * sqrt(sigma2 + x^2) with a wider grid (make_qkx3_quants: -0.9 + 0.05 * is,
+    37 steps; the same algorithm as make_qkx2_quants once weights are given), then the sub-block
+    scales and mins quantized by make_qp_quants weighted by each sub-block's weight sum."""
+    m = blocks.shape[0]
+    weights = importance_weights(blocks.view(m, 8, 32), quant_weights.view(m, 8, 32), _sigma2(blocks))
+    columns = _search_layout(weights.reshape(m, QK_K), 32)
+    levels, scales, mins = make_qkx2_quants(_search_layout(blocks, 32), columns, nmax, -0.9, 0.05, 36, False)
+    levels, scales, mins = _per_block(levels, m), _per_block(scales, m), _per_block(mins, m)
+    sums = sequential_sum(columns).view(m, 8).t()  # (8, m): per sub-block weight sum
+    ls, d = make_qp_quants(scales.t().contiguous(), 63, sums)
+    lm, dmin = make_qp_quants(mins.t().contiguous(), 63, sums)
+    ls = (ls.t().to(torch.int32) & 0xFF).clamp(max=63)
+    lm = (lm.t().to(torch.int32) & 0xFF).clamp(max=63)
+    return levels, ls, lm, fp16_round(d), fp16_round(dmin)
+
+
+def _k4_scales(blocks: torch.Tensor, nmax: int, nstep: int, rmin: float, quant_weights: torch.Tensor | None = None):
     """Q4_K/Q5_K: the header bytes (d, dmin, 12 scale bytes) and every element's level."""
-    levels, scales, mins = _scale_min_blocks(blocks, 32, nmax, _q4_k_weights, rmin, 0.1, nstep, False)
-    max_scale = positive_max(scales, 1)
-    max_min = positive_max(mins, 1)
-    inv_scale = torch.where(max_scale > 0, scalar_over(63, max_scale), torch.zeros_like(max_scale))
-    inv_min = torch.where(max_min > 0, scalar_over(63, max_min), torch.zeros_like(max_min))
-    ls = _byte(inv_scale.unsqueeze(1) * scales).clamp(max=63)
-    lm = _byte(inv_min.unsqueeze(1) * mins).clamp(max=63)
-    d = fp16_round(max_scale / 63)
-    dmin = fp16_round(max_min / 63)
+    if quant_weights is not None:
+        levels, ls, lm, d, dmin = _k4_imatrix_scales(blocks, quant_weights, nmax)
+    else:
+        levels, scales, mins = _scale_min_blocks(blocks, 32, nmax, _q4_k_weights, rmin, 0.1, nstep, False)
+        max_scale = positive_max(scales, 1)
+        max_min = positive_max(mins, 1)
+        inv_scale = torch.where(max_scale > 0, scalar_over(63, max_scale), torch.zeros_like(max_scale))
+        inv_min = torch.where(max_min > 0, scalar_over(63, max_min), torch.zeros_like(max_min))
+        ls = _byte(inv_scale.unsqueeze(1) * scales).clamp(max=63)
+        lm = _byte(inv_min.unsqueeze(1) * mins).clamp(max=63)
+        d = fp16_round(max_scale / 63)
+        dmin = fp16_round(max_min / 63)
     levels = _requantize(blocks.view(-1, 8, 32), levels, d.unsqueeze(1) * ls, dmin.unsqueeze(1) * lm, 0, nmax, 0)
     header = torch.cat((fp16_bytes(d), fp16_bytes(dmin), _scales_6bit_k4(ls, lm)), dim=1)
     return header, levels.reshape(-1, QK_K)
 
 
-def quantize_q4_k(blocks: torch.Tensor) -> torch.Tensor:
-    header, levels = _k4_scales(blocks, 15, 20, -1.0)
+def quantize_q4_k(blocks: torch.Tensor, quant_weights: torch.Tensor | None = None) -> torch.Tensor:
+    header, levels = _k4_scales(blocks, 15, 20, -1.0, quant_weights)
     return torch.cat((header, _nibbles_64(levels)), dim=1)
 
 
-def quantize_q5_k(blocks: torch.Tensor) -> torch.Tensor:
-    header, levels = _k4_scales(blocks, 31, 15, -0.5)
+def quantize_q5_k(blocks: torch.Tensor, quant_weights: torch.Tensor | None = None) -> torch.Tensor:
+    header, levels = _k4_scales(blocks, 31, 15, -0.5, quant_weights)
     m = blocks.shape[0]
     fifth = (levels.to(torch.int32) >> 4).view(m, 8, 32).transpose(1, 2)  # bit k of byte j: element 32k + j
     return torch.cat((header, pack_fields(fifth, 1), _nibbles_64(levels)), dim=1)
@@ -146,9 +180,11 @@ def quantize_q3_k(blocks: torch.Tensor) -> torch.Tensor:
     return torch.cat((hmask, _crumbs_128(levels & 3), low, high, fp16_bytes(d)), dim=1)
 
 
-def quantize_q6_k(blocks: torch.Tensor) -> torch.Tensor:
+def quantize_q6_k(blocks: torch.Tensor, quant_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """With an importance matrix ggml's quantize_row_q6_K_impl uses the raw qw as the search's weights."""
     m = blocks.shape[0]
-    levels, scales = make_qx_quants_rmse1(_search_layout(blocks, 16), 32)
+    weights = None if quant_weights is None else _search_layout(quant_weights, 16)
+    levels, scales = make_qx_quants_rmse1(_search_layout(blocks, 16), 32, weights)
     levels, scales = _per_block(levels, m), _per_block(scales, m)
     max_scale = first_absmax(scales, 1)
     zero = max_scale.abs() < GROUP_MAX_EPS
@@ -163,6 +199,9 @@ def quantize_q6_k(blocks: torch.Tensor) -> torch.Tensor:
     out = torch.cat((ql, qh, ls.to(torch.int8).view(torch.uint8), fp16_bytes(d)), dim=1)
     return torch.where(zero.unsqueeze(1), torch.zeros_like(out), out)
 
+
+# The types whose quantizer takes per-column importance weights (quant_weights: (m, 256)).
+IMATRIX_TYPES = (T.Q4_K, T.Q5_K, T.Q6_K)
 
 QUANTIZERS = {
     T.Q2_K: quantize_q2_k,

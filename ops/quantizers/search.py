@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .common import GROUP_MAX_EPS, nearest_int, scalar_over, sequential_sum, sequential_sum_from_first
+from .common import GROUP_MAX_EPS, nearest_int, positive_max, scalar_over, sequential_sum, sequential_sum_from_first
 
 
 def _pick(stacked: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -76,15 +76,16 @@ def make_qkx2_quants(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
     return levels, scale, -torch.where(flat, low, minimum)
 
 
-def make_qx_quants_rmse1(x: torch.Tensor, nmax: int):
-    """Signed levels -nmax..nmax-1 (stored + nmax) and a scale, weights x*x (make_qx_quants, rmse_type 1).
+def make_qx_quants_rmse1(x: torch.Tensor, nmax: int, weights: torch.Tensor | None = None):
+    """Signed levels -nmax..nmax-1 (stored + nmax) and a scale, weights x*x (make_qx_quants, rmse_type 1)
+    or the given importance weights (same layout as x).
 
     Tries 18 scales around nmax/max; a candidate replaces the current one when its
     sumlx^2 > best * suml2, in ggml's order (a running comparison, not an argmax).
     """
     peak = _first_absmax_rows(x)
     zero = peak.abs() < GROUP_MAX_EPS
-    weights = x * x
+    weights = x * x if weights is None else weights
     weighted_x = weights * x
 
     def levels_for(iscale):
@@ -150,3 +151,54 @@ def make_q3_quants(x: torch.Tensor, nmax: int):
 def _first_absmax_rows(x: torch.Tensor) -> torch.Tensor:
     index = x.abs().argmax(dim=0, keepdim=True)
     return x.gather(0, index).squeeze(0)
+
+
+def make_qp_quants(x: torch.Tensor, nmax: int, weights: torch.Tensor):
+    """Non-negative levels 0..nmax and one scale for x (n, groups) >= 0, weighted (ggml's make_qp_quants).
+
+    Used with an importance matrix for the sub-block scales and mins of Q4_K/Q5_K: start from
+    nmax/max, try 8 nearby scales (kept when the weighted squared error is lower, in ggml's
+    order), then up to 5 passes moving single levels to their least-squares value. As in
+    make_q3_quants, running all 5 passes equals ggml's early exit. Returns (L, scale).
+    """
+    peak = positive_max(x, 0)
+    zero = peak < GROUP_MAX_EPS
+    iscale = scalar_over(nmax, peak)
+    # ggml stores the first rounding in uint8_t without clamping (modulo 256).
+    first = (nearest_int(iscale * x).to(torch.int32) & 0xFF).to(x.dtype)
+    scale = 1 / iscale
+
+    def mse(levels, this_scale):
+        diff = x - this_scale * levels
+        return sequential_sum(weights * diff * diff)
+
+    best = mse(first, scale)
+    for step in [s for s in range(-4, 5) if s != 0]:
+        factor = float(np.float32(np.float32(0.1) * np.float32(step)) + np.float32(nmax))
+        candidate_iscale = scalar_over(factor, peak)
+        candidate = nearest_int(candidate_iscale * x).clamp(max=nmax)
+        error = mse(candidate, 1 / candidate_iscale)
+        better = error < best
+        best = torch.where(better, error, best)
+        iscale = torch.where(better, candidate_iscale, iscale)
+
+    levels = nearest_int(iscale * x).clamp(max=nmax)
+    wx = weights * x
+    sumlx = sequential_sum(wx * levels)
+    suml2 = sequential_sum(weights * levels * levels)
+    for _ in range(5):
+        for i in range(x.shape[0]):
+            w, level = weights[i], levels[i]
+            slx = sumlx - wx[i] * level
+            sl2 = suml2 - w * level * level
+            new_level = nearest_int(x[i] * sl2 / slx).clamp(max=nmax)
+            slx_new = slx + wx[i] * new_level
+            sl2_new = sl2 + w * new_level * new_level
+            accept = ((slx > 0) & (sl2 > 0) & (new_level != level)
+                      & (slx_new * slx_new * suml2 > sumlx * sumlx * sl2_new))
+            levels[i] = torch.where(accept, new_level, level)
+            sumlx = torch.where(accept, slx_new, sumlx)
+            suml2 = torch.where(accept, sl2_new, suml2)
+    scale = torch.where(suml2 > 0, sumlx / suml2, torch.zeros_like(suml2))
+    levels = torch.where(zero, torch.zeros_like(levels), levels)
+    return levels, torch.where(zero, torch.zeros_like(scale), scale)
