@@ -100,6 +100,14 @@ def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
 
 
 def run_bench(args) -> int:
+    if getattr(args, "gpu_check", False):
+        from .bench_gpu import gpu_check_argument_error, run_gpu_check
+
+        error = gpu_check_argument_error(args)
+        if error:
+            print(f"bench --gpu-check: {error}")
+            return 2
+        return run_gpu_check(args)
     rows, cols = (int(v) for v in args.shape.lower().split("x"))
     names = args.types or [t.name for t in QUANT_TYPES]
     bench_dequant(names, rows, cols, args.repeat)

@@ -15,6 +15,9 @@ def main(argv=None) -> int:
     bench.add_argument("--repeat", type=int, default=7)
     bench.add_argument("--skip-open", action="store_true", help="skip the Qwen3-4B-shaped open benchmark")
     bench.add_argument("--cache-dir", default=None, help="where to keep the generated benchmark GGUF")
+    from .bench_gpu import add_gpu_check_arguments
+
+    add_gpu_check_arguments(bench)
     from .convert import add_convert_parser
     from .inspect import add_inspect_parser
     from .queue import add_queue_parser

@@ -38,8 +38,10 @@ PACK_FOLDER = "comfyui_zimage_gguf"
 TARGETS = {"Q8_0": 1.15, "Q4_0": 1.25}  # s/it vs native bf16
 
 
-def model_files(types: list[str]) -> dict:
-    """{(kind, variant): path}, generated once."""
+def model_files(types: list[str], encoder_type: str | None = None) -> dict:
+    """{(kind, variant): path}, generated once; the encoder of each type in that type, or in
+    `encoder_type` for all (gguf-py cannot quantize K-quants: the GPU check pairs a Q4_K DiT with
+    the Q8_0 encoder)."""
     import torch
 
     factory = comfy_inprocess.tests_module("zimage_factory")
@@ -52,7 +54,7 @@ def model_files(types: list[str]) -> dict:
     for ggml_type in types:
         files[("unet", ggml_type)] = factory.cached_model("zimage_gguf", n_layers=1, style="city96",
                                                           type_rule={"matrix": ggml_type}, seed=0)
-        files[("clip", ggml_type)] = comfy_inprocess.qwen3_encoder_files("qwen3_4b", 3, ggml_type,
+        files[("clip", ggml_type)] = comfy_inprocess.qwen3_encoder_files("qwen3_4b", 3, encoder_type or ggml_type,
                                                                          with_safetensors=False)[0]
     return files
 

@@ -255,9 +255,10 @@ def stop_server(process: subprocess.Popen) -> None:
 
 def start_server(comfyui_path: str | Path, python: str, base_dir: Path, model_root: Path,
                  custom_nodes: dict[str, Path], env: dict | None = None, extra_args: tuple = (),
-                 startup_timeout_s: float = 300) -> ComfyServer:
-    """Start ComfyUI (`main.py --cpu`) with `custom_nodes` {folder name: pack checkout} symlinked in and
-    `model_root`'s diffusion_models / text_encoders / vae / loras folders as extra model paths."""
+                 startup_timeout_s: float = 300, cpu: bool = True) -> ComfyServer:
+    """Start ComfyUI (`main.py --cpu`; with cpu=False on its default device, for the GPU check) with
+    `custom_nodes` {folder name: pack checkout} symlinked in and `model_root`'s diffusion_models /
+    text_encoders / vae / loras folders as extra model paths; `extra_args` go after the others."""
     comfy_main = Path(comfyui_path) / "main.py"
     if not comfy_main.is_file():
         raise FileNotFoundError(f"COMFYUI_PATH={comfyui_path} holds no main.py: not a ComfyUI checkout")
@@ -275,7 +276,7 @@ def start_server(comfyui_path: str | Path, python: str, base_dir: Path, model_ro
     )
     port = free_port()
     command = [
-        python, str(comfy_main), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+        python, str(comfy_main), *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(port),
         "--disable-auto-launch", "--base-directory", str(base_dir), "--extra-model-paths-config", str(extra_paths),
         "--database-url", f"sqlite:///{base_dir / 'comfyui.db'}", *extra_args,
     ]
