@@ -349,10 +349,34 @@ def _nbytes(ggml_type: T, shape) -> int:
     return math.prod(shape) // block_size * type_size
 
 
-def _encode(values: torch.Tensor, ggml_type: T) -> np.ndarray:
+def _encode(values: torch.Tensor, ggml_type: T, imatrix: torch.Tensor | None = None) -> np.ndarray:
     from ..ops import quantize
 
-    return quantize(values.reshape(-1, values.shape[-1]) if values.dim() else values.reshape(1, 1), ggml_type).numpy()
+    rows = values.reshape(-1, values.shape[-1]) if values.dim() else values.reshape(1, 1)
+    if imatrix is None:
+        return quantize(rows, ggml_type).numpy()
+    return quantize(rows, ggml_type, imatrix=imatrix).numpy()
+
+
+# Types ggml quantizes without looking at an importance matrix (llama-quantize passes it and it is unused).
+_IMATRIX_UNUSED = (T.F32, T.F16, T.BF16, T.Q8_0)
+
+
+def _tensor_imatrix(imatrix: dict | None, name: str, shape, ggml_type: T) -> torch.Tensor | None:
+    """The importance weights for one tensor (looked up by its GGUF name), or None where there are
+    none or the type does not use them; refuses a type this pack cannot weight, or a width mismatch."""
+    from ..ops.quantize import imatrix_types
+
+    if imatrix is None or name not in imatrix or ggml_type in _IMATRIX_UNUSED:
+        return None
+    if ggml_type not in imatrix_types():
+        raise ConvertError(f"{name} is planned as {ggml_type.name}, which this pack cannot quantize with an "
+                           f"imatrix; it can: {', '.join(t.name for t in imatrix_types())}")
+    weights = imatrix[name]
+    if weights.numel() != shape[-1]:
+        raise ConvertError(f"the imatrix entry for {name} has {weights.numel()} weights but the tensor has "
+                           f"{shape[-1]} columns: was it computed on another model?")
+    return weights
 
 
 class Progress:
@@ -378,9 +402,10 @@ class Progress:
 
 def write_gguf(out_path, architecture: str, mix: str, tensors: list[tuple[str, tuple[int, ...], T, Callable[[], torch.Tensor]]],
                progress: Progress | None = None, overwrite: bool = False,
-               metadata: Callable[[GGUFWriter], None] | None = None) -> Path:
+               metadata: Callable[[GGUFWriter], None] | None = None, imatrix: dict | None = None) -> Path:
     """Write (name, shape, type, load) tensors streaming through OUT.partial; returns the final path.
-    `metadata(writer)` adds keys of the architecture (a text encoder's hyperparameters)."""
+    `metadata(writer)` adds keys of the architecture (a text encoder's hyperparameters); `imatrix`
+    (ops.imatrix.load_imatrix) weights the tensors it names, by their GGUF names."""
     from ..ops.quant_rules import MIXES
 
     out_path = Path(out_path)
@@ -397,6 +422,7 @@ def write_gguf(out_path, architecture: str, mix: str, tensors: list[tuple[str, t
     writer.add_quantization_version(GGML_QUANT_VERSION)
     if metadata:
         metadata(writer)
+    weights = {name: _tensor_imatrix(imatrix, name, shape, ggml_type) for name, shape, ggml_type, _ in tensors}
     for name, shape, ggml_type, _ in tensors:
         writer.add_tensor_info(name, shape, np.dtype(np.float32), _nbytes(ggml_type, shape), raw_dtype=ggml_type)
     try:
@@ -404,7 +430,8 @@ def write_gguf(out_path, architecture: str, mix: str, tensors: list[tuple[str, t
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for index, (name, shape, ggml_type, load) in enumerate(tensors, 1):
-            data = _encode(load(), ggml_type)
+            data = (_encode(load(), ggml_type) if weights[name] is None
+                    else _encode(load(), ggml_type, weights[name]))
             writer.write_tensor_data(data)
             if progress:
                 progress.update(index, name, data.nbytes)
@@ -418,14 +445,25 @@ def write_gguf(out_path, architecture: str, mix: str, tensors: list[tuple[str, t
 
 
 def convert(src, out, mix: str = "Q4_K_M", overwrite: bool = False, progress: bool = True,
-            warn: Callable[[str], None] | None = None) -> Path:
+            warn: Callable[[str], None] | None = None, imatrix=None) -> Path:
     """Convert a Z-Image diffusion model (or a Qwen3 text encoder) to a GGUF of the given mix; returns
-    the written path."""
+    the written path. `imatrix`: a llama.cpp importance-matrix file (.gguf or legacy .dat) whose
+    entries, by GGUF tensor name, weight the K/IQ4 quantization as llama-quantize --imatrix does."""
     from ..ops.quant_rules import MIXES, plan_types
     from .convert_encoder import qwen3_prefix, qwen3_tensors
 
     if mix not in MIXES:
         raise ConvertError(f"unknown type {mix}: choose one of {', '.join(MIXES)}")
+    importance = None
+    if imatrix is not None:
+        from ..ops.imatrix import load_imatrix
+        from ..ops.quantize import imatrix_types
+
+        base = MIXES[mix].base
+        if base not in imatrix_types():
+            raise ConvertError(f"{mix} cannot be made with an imatrix here: this pack weights "
+                               f"{', '.join(t.name for t in imatrix_types())} (mixes based on them)")
+        importance = load_imatrix(imatrix)
     source = open_source(src)
     try:
         encoder_prefix = qwen3_prefix(t.name for t in source.tensors)
@@ -444,7 +482,7 @@ def convert(src, out, mix: str = "Q4_K_M", overwrite: bool = False, progress: bo
         plan = plan_types({t.name: (t.shape, t.dtype) for t in tensors}, mix, architecture)
         jobs = [(t.name, t.shape, plan[t.name], t.load) for t in tensors]
         meter = Progress(len(jobs), sum(_nbytes(ty, shape) for _, shape, ty, _ in jobs)) if progress else None
-        return write_gguf(out, architecture, mix, jobs, meter, overwrite, extra_metadata)
+        return write_gguf(out, architecture, mix, jobs, meter, overwrite, extra_metadata, importance)
     finally:
         source.close()
 
@@ -461,12 +499,15 @@ def add_convert_parser(sub) -> None:
     parser.add_argument("--type", default="Q4_K_M", choices=list(MIXES), help="llama.cpp file type (default Q4_K_M)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--imatrix", metavar="FILE", help="llama.cpp importance matrix (.gguf or legacy .dat) "
+                                                          "for K/IQ4 mixes, by GGUF tensor name")
 
 
 def run_convert(args) -> int:
     try:
         path = convert(args.src, args.out, args.type, overwrite=args.overwrite, progress=not args.quiet,
-                       warn=lambda message: print(f"warning: {message}", file=sys.stderr))
+                       warn=lambda message: print(f"warning: {message}", file=sys.stderr),
+                       imatrix=getattr(args, "imatrix", None))
     except ZImageGGUFError as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
