@@ -80,7 +80,7 @@ def test_model_gguf_is_not_an_imatrix(tmp_path):
 
 def _weighted_name(values, mix="Q4_K_M"):
     plan = plan_types({n: (tuple(v.shape), torch.bfloat16) for n, v in values.items()}, mix, "lumina2")
-    names = sorted(n for n, t in plan.items() if t in (T.Q4_K, T.Q5_K, T.Q6_K) and values[n].dim() == 2)
+    names = sorted(n for n, t in plan.items() if t in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K) and values[n].dim() == 2)
     return plan, names
 
 
@@ -121,10 +121,10 @@ def test_cli_unreadable_imatrix_is_one_line(tmp_path, capsys):
 def test_cli_type_without_imatrix_support_names_the_supported_ones(tmp_path, capsys):
     src, values = narrow_source(tmp_path)
     imatrix = write_legacy(tmp_path / "m.dat", {"x": (1, np.ones(4, dtype=np.float32))})
-    error = run_failing(["convert", str(src), str(tmp_path / "o.gguf"), "--quiet", "--type", "Q3_K_M",
+    error = run_failing(["convert", str(src), str(tmp_path / "o.gguf"), "--quiet", "--type", "Q4_0",
                          "--imatrix", str(imatrix)], capsys, tmp_path)
-    assert error == ("error: Q3_K_M cannot be made with an imatrix here: this pack weights "
-                     "Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS (mixes based on them)")
+    assert error == ("error: Q4_0 cannot be made with an imatrix here: this pack weights "
+                     "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS (mixes based on them)")
 
 
 def test_cli_imatrix_of_another_model_is_refused(tmp_path, capsys):

@@ -15,7 +15,7 @@ from comfyui_zimage_gguf.ops.quantize import imatrix_types, quantize
 
 REFERENCE = Path(__file__).parent / "fixtures" / "quantize" / "reference.npz"
 DATASETS = ["normal", "real_like"]
-WEIGHTED = [T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
+WEIGHTED = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
 MIN_BLOCK_MATCH = 0.999
 
 
@@ -74,7 +74,7 @@ def test_chunks_and_batch_dims_keep_the_column_weights(reference, ggml_type):
 
 def test_type_without_imatrix_path_is_refused_with_the_list():
     with pytest.raises(UnsupportedQuantTypeError, match=r"Q8_0 cannot be quantized with an importance matrix.*"
-                                                        r"Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS"):
+                                                        r"Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS"):
         quantize(torch.randn(2, 256), T.Q8_0, imatrix=torch.ones(256))
 
 

@@ -2,8 +2,8 @@
 
 A quantizer takes a float32 tensor (n_blocks, block_size) and returns uint8 (n_blocks, type_size).
 The legacy types equal gguf-py's `quants.quantize`; the K-quants and IQ4 types follow ggml's
-reference path without an importance matrix (what llama-quantize writes), and Q4_K/Q5_K/Q6_K/IQ4_NL/
-IQ4_XS also ggml's importance-matrix path (llama-quantize --imatrix), operation for operation
+reference path without an importance matrix (what llama-quantize writes), and the K and IQ4
+types also ggml's importance-matrix path (llama-quantize --imatrix), operation for operation
 in float32 (see common.py for why sums are loops). Vectorised over blocks; float32 only, so the
 same code runs on CPU, CUDA and MPS.
 

@@ -145,31 +145,63 @@ def quantize_q5_k(blocks: torch.Tensor, quant_weights: torch.Tensor | None = Non
     return torch.cat((header, pack_fields(fifth, 1), _nibbles_64(levels)), dim=1)
 
 
-def quantize_q2_k(blocks: torch.Tensor) -> torch.Tensor:
-    levels, scales, mins = _scale_min_blocks(blocks, 16, 3, torch.abs, -0.5, 0.1, 15, True)
-    max_scale = positive_max(scales, 1)
-    max_min = positive_max(mins, 1)
-    has_scale = (max_scale > 0).unsqueeze(1)
-    has_min = (max_min > 0).unsqueeze(1)
-    ls = torch.where(has_scale, _byte(scalar_over(15, max_scale).unsqueeze(1) * scales), 0)
-    lm = torch.where(has_min, _byte(scalar_over(15, max_min).unsqueeze(1) * mins), 0)
-    packed = (ls | (lm << 4)) & 0xFF
-    d = torch.where(has_scale.squeeze(1), fp16_round(max_scale / 15), 0.0)
-    dmin = torch.where(has_min.squeeze(1), fp16_round(max_min / 15), 0.0)
+def _q2_k_imatrix_scales(blocks: torch.Tensor, quant_weights: torch.Tensor):
+    """Q2_K with an importance matrix (ggml's quantize_row_q2_K_impl): weights qw * sqrt(sigma2 + x^2)
+    with sigma2 = sum(x^2) / 256 (not doubled, unlike Q3_K-Q5_K), the make_qkx3_quants grid, and
+    the 4-bit sub-block scales and mins by make_qp_quants weighted by the sub-block weight sums."""
+    m = blocks.shape[0]
+    sigma2 = sequential_sum(elements_first(blocks * blocks)) / QK_K
+    weights = importance_weights(blocks.view(m, 16, 16), quant_weights.view(m, 16, 16), sigma2)
+    columns = _search_layout(weights.reshape(m, QK_K), 16)
+    levels, scales, mins = make_qkx2_quants(_search_layout(blocks, 16), columns, 3, -0.9, 0.05, 36, False)
+    levels, scales, mins = _per_block(levels, m), _per_block(scales, m), _per_block(mins, m)
+    sums = sequential_sum(columns).view(m, 16).t()
+    ls, d = make_qp_quants(scales.t().contiguous(), 15, sums)
+    lm, dmin = make_qp_quants(mins.t().contiguous(), 15, sums)
+    packed = ((ls.t().to(torch.int32) & 0xFF) | ((lm.t().to(torch.int32) & 0xFF) << 4)) & 0xFF
+    return levels, packed, fp16_round(d), fp16_round(dmin)
+
+
+def quantize_q2_k(blocks: torch.Tensor, quant_weights: torch.Tensor | None = None) -> torch.Tensor:
+    if quant_weights is not None:
+        levels, packed, d, dmin = _q2_k_imatrix_scales(blocks, quant_weights)
+    else:
+        levels, scales, mins = _scale_min_blocks(blocks, 16, 3, torch.abs, -0.5, 0.1, 15, True)
+        max_scale = positive_max(scales, 1)
+        max_min = positive_max(mins, 1)
+        has_scale = (max_scale > 0).unsqueeze(1)
+        has_min = (max_min > 0).unsqueeze(1)
+        ls = torch.where(has_scale, _byte(scalar_over(15, max_scale).unsqueeze(1) * scales), 0)
+        lm = torch.where(has_min, _byte(scalar_over(15, max_min).unsqueeze(1) * mins), 0)
+        packed = (ls | (lm << 4)) & 0xFF
+        d = torch.where(has_scale.squeeze(1), fp16_round(max_scale / 15), 0.0)
+        dmin = torch.where(has_min.squeeze(1), fp16_round(max_min / 15), 0.0)
     levels = _requantize(blocks.view(-1, 16, 16), levels, d.unsqueeze(1) * (packed & 0x0F),
                          dmin.unsqueeze(1) * (packed >> 4), 0, 3, 0)
     return torch.cat((packed.to(torch.uint8), _crumbs_128(levels.reshape(-1, QK_K)), fp16_bytes(d), fp16_bytes(dmin)), dim=1)
 
 
-def quantize_q3_k(blocks: torch.Tensor) -> torch.Tensor:
+def quantize_q3_k(blocks: torch.Tensor, quant_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """With an importance matrix (ggml's quantize_row_q3_K_impl) the sub-blocks are searched by
+    make_qx_quants weighted by qw * sqrt(sigma2 + x^2), and their scales quantized to 6 bits by the
+    same search weighted by the sub-block weight sums."""
     m = blocks.shape[0]
-    levels, scales = make_q3_quants(_search_layout(blocks, 16), 4)
-    levels, scales = _per_block(levels, m), _per_block(scales, m)
-    max_scale = first_absmax(scales, 1)
-    has_scale = (max_scale != 0).unsqueeze(1)
-    iscale = scalar_over(-32, max_scale)
-    ls = torch.where(has_scale, nearest_int(iscale.unsqueeze(1) * scales).clamp(-32, 31) + 32, 0).to(torch.int32)
-    d = torch.where(has_scale.squeeze(1), fp16_round(1 / iscale), 0.0)
+    if quant_weights is not None:
+        weights = importance_weights(blocks.view(m, 16, 16), quant_weights.view(m, 16, 16), _sigma2(blocks))
+        columns = _search_layout(weights.reshape(m, QK_K), 16)
+        levels, scales = make_qx_quants_rmse1(_search_layout(blocks, 16), 4, columns)
+        levels = _per_block(levels, m)
+        sums = sequential_sum(columns).view(m, 16).t().contiguous()
+        ls, d = make_qx_quants_rmse1(scales.view(m, 16).t().contiguous(), 32, sums)
+        ls, d = ls.t().to(torch.int32), fp16_round(d)
+    else:
+        levels, scales = make_q3_quants(_search_layout(blocks, 16), 4)
+        levels, scales = _per_block(levels, m), _per_block(scales, m)
+        max_scale = first_absmax(scales, 1)
+        has_scale = (max_scale != 0).unsqueeze(1)
+        iscale = scalar_over(-32, max_scale)
+        ls = torch.where(has_scale, nearest_int(iscale.unsqueeze(1) * scales).clamp(-32, 31) + 32, 0).to(torch.int32)
+        d = torch.where(has_scale.squeeze(1), fp16_round(1 / iscale), 0.0)
     levels = _requantize(blocks.view(m, 16, 16), levels, d.unsqueeze(1) * (ls - 32), None, -4, 3, 4)
     levels = levels.reshape(m, QK_K).to(torch.int32)
     # 16 6-bit scales (+32): low nibbles in bytes 0-7 (scales 0-7 low, 8-15 high), top 2 bits in
@@ -201,7 +233,7 @@ def quantize_q6_k(blocks: torch.Tensor, quant_weights: torch.Tensor | None = Non
 
 
 # The types whose quantizer takes per-column importance weights (quant_weights: (m, 256)).
-IMATRIX_TYPES = (T.Q4_K, T.Q5_K, T.Q6_K)
+IMATRIX_TYPES = (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
 
 QUANTIZERS = {
     T.Q2_K: quantize_q2_k,
