@@ -3,7 +3,8 @@ LoRA patches to quantized weights at dequantization time instead of baking them 
 
 Two namespaces: `make_layout_ops()` (ComfyUI with comfy-kitchen quantized tensors: ComfyUI's own
 `manual_cast` layers and cast path, plus only what they cannot do for GGUF weights) and
-`make_comfy_ops()` (older ComfyUI: the pack's own dequantizing layers over ops/tensor.py).
+`make_comfy_ops()` (a ComfyUI whose comfy-kitchen is missing: the pack's own dequantizing layers over
+ops/tensor.py; ComfyUI older than 0.16.0 is not supported on either path, see README).
 
 ComfyUI is imported lazily (inside functions) so this module imports without it.
 """
@@ -51,10 +52,18 @@ class ComfyLoadPlan:
         return to_comfy_state_dict(state_dict) if self.uses_layout else state_dict
 
 
+# Set to 1 to load through the pack's own layers even where ComfyUI has the layout layer, so the
+# fallback path can be tested (and compared) on a current ComfyUI.
+FORCE_PACK_LAYERS_ENV = "ZIMAGE_GGUF_FORCE_PACK_LAYERS"
+
+
 def comfy_load_plan(lora_dtype=None) -> ComfyLoadPlan:
     """ComfyUI's own ops and patcher choice with GGML layouts where available (ComfyUI >= 0.8.0);
-    otherwise the pack's dequantizing layers (`lora_dtype` there sets their patch dtype)."""
-    if comfy_layout_available():
+    otherwise, or with ZIMAGE_GGUF_FORCE_PACK_LAYERS=1 in the environment, the pack's dequantizing
+    layers (`lora_dtype` there sets their patch dtype)."""
+    import os
+
+    if comfy_layout_available() and os.environ.get(FORCE_PACK_LAYERS_ENV, "") in ("", "0"):
         return ComfyLoadPlan(True, make_layout_ops(), disable_dynamic=False)
     return ComfyLoadPlan(False, make_comfy_ops(LayerOptions(dequant_dtype=lora_dtype)), disable_dynamic=True)
 

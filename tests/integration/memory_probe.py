@@ -31,7 +31,7 @@ def status_kib(field: str) -> int:
 def main(kind: str, path: str) -> dict:
     comfy = comfy_inprocess.import_comfy()
     from comfyui_zimage_gguf.nodes import loaders
-    from comfyui_zimage_gguf.ops.comfy_layout import gguf_type
+    from comfyui_zimage_gguf.ops.comfy_layout import gguf_type, is_gguf_tensor
     from comfyui_zimage_gguf.ops.tensor import FALLBACKS
 
     result = {"kind": kind, "file": path, "file_bytes": Path(path).stat().st_size}
@@ -60,6 +60,7 @@ def main(kind: str, path: str) -> dict:
         result["anon_after_kib"] = status_kib("RssAnon")
         params = list(patcher.model.parameters())
         result["quantized_params"] = sum(gguf_type(p) is not None for p in params)
+        result["layout_params"] = sum(is_gguf_tensor(p) for p in params)  # ComfyUI QuantizedTensors
         result["float_param_bytes"] = sum(p.nbytes for p in params if gguf_type(p) is None)
     result["fallback_dequantizations"] = FALLBACKS.count
     result["fallback_ops"] = FALLBACKS.ops

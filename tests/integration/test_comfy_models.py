@@ -5,12 +5,18 @@ sees Z-Image; text encoders are full-width Qwen3 files three layers deep. Every 
 dequantizes ~0.9 G weights, so sampling is one euler step on an 8x8 latent and the models and
 their outputs are loaded/computed once per module and shared by the tests.
 
+Every test runs on both load paths (the `session` fixture's params): "layout", ComfyUI's own
+layers over GGUF weights as comfy-kitchen QuantizedTensors (ComfyUI >= 0.8.0 with comfy-kitchen),
+and "pack_layers", the fallback through the pack's own dequantizing layers, forced here with
+ZIMAGE_GGUF_FORCE_PACK_LAYERS=1.
+
 Run: COMFYUI_PATH=/tmp/ComfyUI /tmp/comfy-venv/bin/python -m pytest tests/integration/test_comfy_models.py
 """
 from __future__ import annotations
 
 import gc
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +29,9 @@ from gguf import GGMLQuantizationType as Q, GGUFReader, quants
 
 from comfyui_zimage_gguf.errors import IncompatibleModelError
 from comfyui_zimage_gguf.ops.state_dict import SMALL_TENSOR_ELEMENTS
-from comfyui_zimage_gguf.ops.comfy_layout import gguf_type
+from comfyui_zimage_gguf.ops.comfy_layout import gguf_type, is_gguf_tensor
+from comfyui_zimage_gguf.ops.comfy_ops import FORCE_PACK_LAYERS_ENV
+from comfyui_zimage_gguf.ops.tensor import QuantizedTensor as PackQuantizedTensor
 
 
 def _load_helper():
@@ -96,6 +104,7 @@ class Session:
 
     comfy: object
     loaders: object
+    plan: str  # "layout" or "pack_layers"
     lora_path: Path
     noise: torch.Tensor
     positive: torch.Tensor
@@ -137,24 +146,46 @@ class Session:
         return self.outputs[name]
 
 
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
+LOAD_PATHS = ("layout", "pack_layers")
+
+
+@pytest.fixture(scope="module", params=LOAD_PATHS)
+def session(request, tmp_path_factory):
     try:
         comfy = inprocess.import_comfy()
     except inprocess.ComfyUnavailable as error:
         pytest.skip(str(error))
     from comfyui_zimage_gguf.nodes import loaders
+    from comfyui_zimage_gguf.ops import comfy_layout
+
+    if request.param == "layout" and not comfy_layout.available():
+        pytest.skip("this ComfyUI has no comfy-kitchen quantized tensors: only the pack's layers can load")
+    previous = os.environ.get(FORCE_PACK_LAYERS_ENV)
+    os.environ[FORCE_PACK_LAYERS_ENV] = "1" if request.param == "pack_layers" else "0"
 
     lora_path = tmp_path_factory.mktemp("lora") / "zimage_test_lora.safetensors"
     inprocess.write_lora(lora_path, LORA_TARGETS, rank=8, seed=1)
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn(LATENT_SHAPE, generator=generator)
     positive = torch.randn(CAPTION, generator=generator) * 0.5
-    state = Session(comfy, loaders, lora_path, noise, positive)
-    yield state
-    state.patchers.clear()
-    comfy.model_management.unload_all_models()
-    gc.collect()
+    state = Session(comfy, loaders, request.param, lora_path, noise, positive)
+    try:
+        yield state
+    finally:
+        if previous is None:
+            os.environ.pop(FORCE_PACK_LAYERS_ENV, None)
+        else:
+            os.environ[FORCE_PACK_LAYERS_ENV] = previous
+        state.patchers.clear()
+        comfy.model_management.unload_all_models()
+        gc.collect()
+
+
+def _on_load_path(session, value) -> bool:
+    """A quantized weight of the kind the session's load path gives (never the other kind)."""
+    if session.plan == "layout":
+        return is_gguf_tensor(value)
+    return isinstance(value, PackQuantizedTensor)
 
 
 def _stored_tensors(path: Path, style: str) -> dict[str, tuple[Q, np.ndarray, tuple]]:
@@ -188,6 +219,7 @@ def test_gguf_loads_as_comfy_zimage_with_quantized_weights(session, case):
         ggml_type, data, shape = stored[name]
         if int(np.prod(shape)) >= SMALL_TENSOR_ELEMENTS:
             assert gguf_type(value) == ggml_type, f"{name}: {value!r}"
+            assert _on_load_path(session, value), f"{name}: {type(value).__name__} on the {session.plan} path"
         else:
             assert gguf_type(value) is None, name
     matrix_types = {stored[n][0] for n in stored if n.startswith("layers.0.") and len(stored[n][2]) == 2}
@@ -312,6 +344,7 @@ def test_qwen3_4b_gguf_encoder_matches_native(session, qwen3_4b_files):
     clip = session.loaders.load_text_encoder(str(gguf_path), "lumina2", {}, CPU)
     embedding = clip.cond_stage_model.qwen3_4b.transformer.model.embed_tokens.weight
     assert gguf_type(embedding) == Q.Q8_0
+    assert _on_load_path(session, embedding), f"{type(embedding).__name__} on the {session.plan} path"
     got = _encode(clip)
     assert got.shape[0] == 1 and got.shape[2] == 2560 and got.shape[1] > 5
     assert torch.isfinite(got).all()

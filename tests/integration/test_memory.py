@@ -4,7 +4,9 @@ ComfyUI executes every node under `torch.inference_mode()`; a weight that falls 
 copy there costs its dequantized size in anonymous memory (RssAnon: what the process allocated,
 not the file it maps). Two levels:
 - a load, as ComfyUI's executor does it (memory_probe.py, one model per process): the pack's loader
-  then `load_models_gpu`, under inference mode; RssAnon may grow by at most 10% of the file;
+  then `load_models_gpu`, under inference mode; RssAnon may grow by at most 10% of the file; on
+  both load paths (ComfyUI's layout layer, and the pack's own layers forced with
+  ZIMAGE_GGUF_FORCE_PACK_LAYERS=1);
 - a whole run queued with POST /prompt on a fresh real server (strict tripwire on), with RssAnon of
   the server process sampled while each node runs.
 
@@ -33,21 +35,29 @@ RUN_GROWTH_LIMIT = 0.5  # of the file's size
 KIB = 1024
 
 
-def probe(kind: str, path: Path) -> dict:
-    process = subprocess.run([sys.executable, str(PROBE), kind, str(path)], capture_output=True, text=True,
-                             env=dict(os.environ))
+LOAD_PATHS = ("layout", "pack_layers")
+
+
+def probe(kind: str, path: Path, load_path: str = "layout") -> dict:
+    env = dict(os.environ, ZIMAGE_GGUF_FORCE_PACK_LAYERS="1" if load_path == "pack_layers" else "0")
+    process = subprocess.run([sys.executable, str(PROBE), kind, str(path)], capture_output=True, text=True, env=env)
     for line in process.stdout.splitlines():
         if line.startswith("MEMORY_PROBE "):
-            return json.loads(line[len("MEMORY_PROBE "):])
+            result = json.loads(line[len("MEMORY_PROBE "):])
+            # every quantized weight is of the path's kind (ComfyUI QuantizedTensors only on "layout")
+            expected = result["quantized_params"] if load_path == "layout" else 0
+            assert result["layout_params"] == expected, (load_path, result)
+            return result
     raise AssertionError(f"memory probe failed (exit {process.returncode}):\n{process.stderr[-3000:]}")
 
 
+@pytest.mark.parametrize("load_path", LOAD_PATHS)
 @pytest.mark.parametrize("ggml_type", ["Q8_0", "Q4_0"])
-def test_loading_an_encoder_under_inference_mode_keeps_it_quantized(quantized_model_names, ggml_type):
+def test_loading_an_encoder_under_inference_mode_keeps_it_quantized(quantized_model_names, ggml_type, load_path):
     files = quantized_model_names(ggml_type)
-    result = probe("encoder", files["clip_path"])
+    result = probe("encoder", files["clip_path"], load_path)
     growth = (result["anon_after_kib"] - result["anon_before_kib"] - result["tokenizer_kib"]) * KIB
-    print(f"\n{ggml_type} Qwen3-4B-shaped encoder ({result['file_bytes'] / 2**20:.0f} MiB): RssAnon +"
+    print(f"\n{ggml_type} Qwen3-4B-shaped encoder, {load_path} ({result['file_bytes'] / 2**20:.0f} MiB): RssAnon +"
           f"{growth / 2**20:.1f} MiB besides its tokenizer ({result['tokenizer_kib'] / KIB:.1f} MiB); "
           f"load {result['load_s']:.2f} s, load_models_gpu {result['load_models_gpu_s']:.2f} s")
     assert result["fallback_dequantizations"] == 0, result["fallback_ops"]
@@ -55,12 +65,13 @@ def test_loading_an_encoder_under_inference_mode_keeps_it_quantized(quantized_mo
     assert growth <= LOAD_GROWTH_LIMIT * result["file_bytes"], result
 
 
+@pytest.mark.parametrize("load_path", LOAD_PATHS)
 @pytest.mark.parametrize("ggml_type", ["Q8_0", "Q4_0"])
-def test_loading_a_zimage_gguf_under_inference_mode_keeps_it_quantized(quantized_model_names, ggml_type):
+def test_loading_a_zimage_gguf_under_inference_mode_keeps_it_quantized(quantized_model_names, ggml_type, load_path):
     files = quantized_model_names(ggml_type)
-    result = probe("diffusion", files["unet_path"])
+    result = probe("diffusion", files["unet_path"], load_path)
     growth = (result["anon_after_kib"] - result["anon_before_kib"]) * KIB
-    print(f"\n{ggml_type} Z-Image ({result['file_bytes'] / 2**20:.0f} MiB): RssAnon +{growth / 2**20:.1f} MiB; "
+    print(f"\n{ggml_type} Z-Image, {load_path} ({result['file_bytes'] / 2**20:.0f} MiB): RssAnon +{growth / 2**20:.1f} MiB; "
           f"load {result['load_s']:.2f} s, load_models_gpu {result['load_models_gpu_s']:.2f} s")
     assert result["fallback_dequantizations"] == 0, result["fallback_ops"]
     assert result["quantized_params"] > 0
