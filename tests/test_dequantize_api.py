@@ -177,19 +177,3 @@ def test_helper_threads_run_single_threaded_when_the_caller_has_several():
     pool = kernel_blocks._helper_pool(2)
     assert pool is not None  # this torch (OpenMP) lets a thread's count be set alone
     assert pool.submit(torch.get_num_threads).result() == 1
-
-
-def test_helper_threads_find_torchs_openmp_runtime_among_others(monkeypatch):
-    # ComfyUI's environment loads another libgomp (sentencepiece's) beside torch's; setting the
-    # wrong runtime's count changes nothing in torch, so each runtime is tried until torch sees it.
-    tried = []
-    real = kernel_blocks._omp_setters()
-    assert real, "this torch uses OpenMP: its runtime must be found"
-    monkeypatch.setattr(kernel_blocks, "_omp_setters", lambda: (lambda n: tried.append(n),) + real)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as helper:
-        assert helper.submit(kernel_blocks._single_thread_this_thread).result() is True
-        assert helper.submit(torch.get_num_threads).result() == 1
-    assert tried == [1]
-    assert torch.get_num_threads() >= 1 and _threads_of_a_new_thread() == torch.get_num_threads()

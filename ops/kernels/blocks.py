@@ -98,24 +98,19 @@ class BlockFormat(ChunkFormat):
             sub_blocks.add_(minimum.unsqueeze(-1))
 
 
-@functools.lru_cache(maxsize=None)
-def _omp_setters() -> tuple:
-    """omp_set_num_threads of each OpenMP runtime this process may have loaded, torch's own first.
-
-    Other packages bring their own copies (ComfyUI's environment: sentencepiece's libgomp), and
-    only the runtime torch uses changes torch's threads, so torch's lib folder comes first and each
-    candidate is tried in turn."""
+def _omp_set_num_threads():
+    """OpenMP's omp_set_num_threads as torch loaded it, or None (another parallel backend, or not found)."""
     if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
-        return ()
-    candidates = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "*omp*")))
+        return None
+    candidates = []
     with contextlib.suppress(OSError):
-        with open("/proc/self/maps") as maps:  # Linux: the runtimes actually loaded
+        with open("/proc/self/maps") as maps:  # Linux: the runtime torch actually loaded
             candidates += sorted({line.split()[-1] for line in maps if "omp" in line.rsplit("/", 1)[-1]})
-    setters = []
-    for path in dict.fromkeys(candidates):
+    candidates += sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "*omp*")))
+    for path in candidates:
         with contextlib.suppress(OSError, AttributeError):
-            setters.append(ctypes.CDLL(path).omp_set_num_threads)
-    return tuple(setters)
+            return ctypes.CDLL(path).omp_set_num_threads
+    return None
 
 
 def _single_thread_this_thread() -> bool:
@@ -126,12 +121,12 @@ def _single_thread_this_thread() -> bool:
     torch.set_num_threads(1) ran with 1). OpenMP's own omp_set_num_threads sets only the calling
     thread's count, which is what torch's OpenMP backend reads.
     """
+    setter = _omp_set_num_threads()
+    if setter is None:
+        return False
     torch.get_num_threads()  # torch's lazy per-thread initialisation first, so it cannot undo this
-    for setter in _omp_setters():
-        setter(1)
-        if torch.get_num_threads() == 1:
-            return True
-    return False
+    setter(1)
+    return torch.get_num_threads() == 1
 
 
 @functools.lru_cache(maxsize=None)
