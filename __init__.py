@@ -5,6 +5,10 @@ Under a running ComfyUI it also adds the OpenAI-style image API routes and regis
 layouts with ComfyUI's quantization layer; elsewhere those steps do nothing.
 """
 if __package__:
+    from .nodes.comfy_version import check_comfyui_version
+
+    check_comfyui_version()  # under ComfyUI: refuse one too old for the loaders, in one clear line
+
     from .ops.reader import load_gguf
     from .nodes import loaders as _loaders, save_gguf as _save_gguf
     from .api.inserver import register_with_comfyui as _add_image_api_routes
