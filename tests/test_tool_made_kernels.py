@@ -13,9 +13,7 @@ Run: ZIMAGE_GGUF_TOOLS_PYTHON=/tmp/tools-venv/bin/python python -m pytest tests/
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +31,7 @@ from comfyui_zimage_gguf.ops import QUANT_TYPES, dequantize
 from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
 
 
-def _load_tool_files():
-    path = Path(__file__).with_name("integration") / "tool_files.py"
-    spec = importlib.util.spec_from_file_location("_zimage_tool_files", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-tool_files = _load_tool_files()
+import tool_files  # noqa: E402  (tests/integration is on pytest's pythonpath)
 LLAMA_SKIP = tool_files.skip_reason(tool_files.LLAMA_CPP)
 SD_SKIP = tool_files.skip_reason(tool_files.SD_CPP)
 needs_llama_cpp = pytest.mark.skipif(LLAMA_SKIP is not None, reason=LLAMA_SKIP or "")

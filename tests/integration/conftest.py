@@ -76,16 +76,7 @@ def load_tests_helper():
     return load_tests_module
 
 
-def _load_comfy_server_module():
-    path = Path(__file__).with_name("comfy_server.py")
-    spec = importlib.util.spec_from_file_location("_zimage_comfy_server", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-comfy_server_module = _load_comfy_server_module()
+import comfy_server as comfy_server_module  # noqa: E402  (tests/integration is on pytest's pythonpath)
 
 
 class ComfyServer(comfy_server_module.ComfyServer):

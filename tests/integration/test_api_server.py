@@ -16,14 +16,12 @@ import threading
 import time
 import urllib.request
 import zlib
-from pathlib import Path
 
 import pytest
 
 openai = pytest.importorskip("openai")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_server import SHIPPED_API_WORKFLOW as API_WORKFLOW, node_of_type, shipped_workflow  # noqa: E402
+from comfy_server import node_of_type, shipped_workflow  # noqa: E402
 
 KEY = "sk-integration-9f2c41d7"
 MODEL, WRONG_ENCODER, MISSING_FILE = "zimage_small", "zimage_wrong_encoder", "zimage_missing_vae"

@@ -6,30 +6,18 @@ Run: COMFYUI_PATH=/tmp/ComfyUI /tmp/comfy-venv/bin/python -m pytest tests/integr
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from gguf import GGMLQuantizationType as Q, quants
+from gguf import GGMLQuantizationType as Q
 
 from comfyui_zimage_gguf.ops import dequantize, quantize
 from comfyui_zimage_gguf.ops.quant_types import QUANT_TYPES
 from comfyui_zimage_gguf.ops.tensor import FALLBACKS, FallbackDequantization, QuantizedTensor
 
 
-def _load_helper():
-    path = Path(__file__).with_name("comfy_inprocess.py")
-    spec = importlib.util.spec_from_file_location("_zimage_comfy_inprocess", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-inprocess = _load_helper()
+import comfy_inprocess as inprocess  # noqa: E402  (tests/integration is on pytest's pythonpath)
 pytestmark = pytest.mark.skipif(not inprocess.COMFYUI_PATH, reason=inprocess.SKIP_REASON)
 
 GRAD_MODES = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad, "grad": contextlib.nullcontext}

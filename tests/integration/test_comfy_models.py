@@ -15,9 +15,7 @@ Run: COMFYUI_PATH=/tmp/ComfyUI /tmp/comfy-venv/bin/python -m pytest tests/integr
 from __future__ import annotations
 
 import gc
-import importlib.util
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,16 +32,7 @@ from comfyui_zimage_gguf.ops.comfy_ops import FORCE_PACK_LAYERS_ENV
 from comfyui_zimage_gguf.ops.tensor import QuantizedTensor as PackQuantizedTensor
 
 
-def _load_helper():
-    path = Path(__file__).with_name("comfy_inprocess.py")
-    spec = importlib.util.spec_from_file_location("_zimage_comfy_inprocess", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-inprocess = _load_helper()
+import comfy_inprocess as inprocess  # noqa: E402  (tests/integration is on pytest's pythonpath)
 pytestmark = pytest.mark.skipif(not inprocess.COMFYUI_PATH, reason=inprocess.SKIP_REASON)
 
 CPU = torch.device("cpu")

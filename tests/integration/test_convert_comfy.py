@@ -14,10 +14,8 @@ that reason, where no checkout is there.
 from __future__ import annotations
 
 import gc
-import importlib.util
 import io
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,17 +28,8 @@ from comfyui_zimage_gguf.ops.comfy_layout import gguf_type
 from comfyui_zimage_gguf.ops.reader import load_gguf
 
 
-def _load_helper(name: str, file: str):
-    path = Path(__file__).with_name(file)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-inprocess = _load_helper("_zimage_comfy_inprocess", "comfy_inprocess.py")
-comfy_server = _load_helper("_zimage_comfy_server", "comfy_server.py")
+import comfy_inprocess as inprocess  # noqa: E402  (tests/integration is on pytest's pythonpath)
+import comfy_server  # noqa: E402
 pytestmark = pytest.mark.skipif(not inprocess.COMFYUI_PATH, reason=inprocess.SKIP_REASON)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 import comfy_server  # noqa: E402
 PROBE = HERE / "memory_probe.py"
 LOAD_GROWTH_LIMIT = 0.10  # of the file's size

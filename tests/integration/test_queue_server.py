@@ -11,11 +11,9 @@ import struct
 import subprocess
 import sys
 import urllib.parse
-from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_server import SHIPPED_API_WORKFLOW as API_WORKFLOW, node_of_type, shipped_workflow  # noqa: E402
+from comfy_server import SHIPPED_API_WORKFLOW as API_WORKFLOW, shipped_workflow  # noqa: E402
 
 TEST_SIZE = 64
 TEST_STEPS = 1

@@ -15,9 +15,7 @@ Run: COMFYUI_PATH=/tmp/ComfyUI ZIMAGE_GGUF_TOOLS_PYTHON=/tmp/tools-venv/bin/pyth
 from __future__ import annotations
 
 import gc
-import importlib.util
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,17 +31,8 @@ from comfyui_zimage_gguf.ops.state_dict import SMALL_TENSOR_ELEMENTS
 from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
 
 
-def _load_helper(file_name: str, module_name: str):
-    path = Path(__file__).with_name(file_name)
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-inprocess = _load_helper("comfy_inprocess.py", "_zimage_comfy_inprocess")
-tool_files = _load_helper("tool_files.py", "_zimage_tool_files")
+import comfy_inprocess as inprocess  # noqa: E402  (tests/integration is on pytest's pythonpath)
+import tool_files  # noqa: E402
 LLAMA_SKIP = tool_files.skip_reason(tool_files.LLAMA_CPP)
 SD_SKIP = tool_files.skip_reason(tool_files.SD_CPP)
 pytestmark = pytest.mark.skipif(not inprocess.COMFYUI_PATH, reason=inprocess.SKIP_REASON)

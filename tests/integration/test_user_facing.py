@@ -9,15 +9,12 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comfy_server import node_of_type, shipped_workflow  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
