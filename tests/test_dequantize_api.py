@@ -47,8 +47,8 @@ def test_empty_tensor(ggml_type):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_works_under_inference_mode_and_keeps_the_thread_setting(monkeypatch, dtype):
-    # ComfyUI dequantizes under torch.inference_mode(); small chunks make the driver use its
-    # helper threads, whose modes are their own.
+    # ComfyUI dequantizes under torch.inference_mode(); small chunks make the driver run
+    # several chunks on torch's intra-op threads.
     monkeypatch.setattr(kernel_blocks, "CPU_CHUNK_ELEMENTS", 4 * 2 * 144)
     data = raw_weight(T.Q4_K, rows=8, blocks_per_row=4)
     expected = torch.from_numpy(np.array(quants.dequantize(data.numpy(), T.Q4_K), dtype=np.float32))
@@ -158,8 +158,8 @@ def _threads_of_a_new_thread() -> int:
 
 
 def test_leaves_the_callers_and_new_threads_intra_op_settings_alone(monkeypatch):
-    # torch.set_num_threads anywhere (even in a helper thread) changes what threads started later
-    # get; dequantization must change neither that nor the caller's own setting.
+    # torch.set_num_threads anywhere changes what threads started later get; dequantization must
+    # change neither that nor the caller's own setting.
     monkeypatch.setattr(kernel_blocks, "CPU_CHUNK_ELEMENTS", 4 * 2 * 144)
     data = raw_weight(T.Q4_K, rows=8, blocks_per_row=4)
     previous = torch.get_num_threads()
@@ -173,7 +173,3 @@ def test_leaves_the_callers_and_new_threads_intra_op_settings_alone(monkeypatch)
         torch.set_num_threads(previous)
 
 
-def test_helper_threads_run_single_threaded_when_the_caller_has_several():
-    pool = kernel_blocks._helper_pool(2)
-    assert pool is not None  # this torch (OpenMP) lets a thread's count be set alone
-    assert pool.submit(torch.get_num_threads).result() == 1

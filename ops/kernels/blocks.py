@@ -3,8 +3,8 @@ as words, fp16 fields, bit planes), per-(device, dtype) table caching and random
 tests and benchmarks.
 
 A quantized type is a `ChunkFormat`: its `decode` writes the values of a chunk of blocks, and
-`dequantize_blocks` (the driver) cuts the blocks into chunks, shares them between threads and
-stages dtypes that `decode` cannot write exactly through a float32 scratch chunk, rounded once.
+`dequantize_blocks` (the driver) cuts the blocks into chunks and stages dtypes that `decode` cannot
+write exactly through a float32 scratch chunk, rounded once.
 
 `BlockFormat`, the format of most types, dequantizes as w = scale * q [+ or - min], with one
 scale (and min) per block or sub-block and q a small integer. Such a type is described by:
@@ -22,13 +22,7 @@ float16 conversion.
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
-import glob
-import os
-from concurrent import futures
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -98,67 +92,17 @@ class BlockFormat(ChunkFormat):
             sub_blocks.add_(minimum.unsqueeze(-1))
 
 
-def _omp_set_num_threads():
-    """OpenMP's omp_set_num_threads as torch loaded it, or None (another parallel backend, or not found)."""
-    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
-        return None
-    candidates = []
-    with contextlib.suppress(OSError):
-        with open("/proc/self/maps") as maps:  # Linux: the runtime torch actually loaded
-            candidates += sorted({line.split()[-1] for line in maps if "omp" in line.rsplit("/", 1)[-1]})
-    candidates += sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "*omp*")))
-    for path in candidates:
-        with contextlib.suppress(OSError, AttributeError):
-            return ctypes.CDLL(path).omp_set_num_threads
-    return None
-
-
-def _single_thread_this_thread() -> bool:
-    """Make torch ops in the calling (helper) thread run single-threaded, touching nothing else.
-
-    torch.set_num_threads cannot do that: besides the calling thread it sets the count that every
-    thread started afterwards takes (measured: a thread started after a helper called
-    torch.set_num_threads(1) ran with 1). OpenMP's own omp_set_num_threads sets only the calling
-    thread's count, which is what torch's OpenMP backend reads.
-    """
-    setter = _omp_set_num_threads()
-    if setter is None:
-        return False
-    torch.get_num_threads()  # torch's lazy per-thread initialisation first, so it cannot undo this
-    setter(1)
-    return torch.get_num_threads() == 1
-
-
-@functools.lru_cache(maxsize=None)
-def _helper_pool(n_helpers: int) -> ThreadPoolExecutor | None:
-    """n single-threaded helper threads, or None where a thread's intra-op count cannot be set alone."""
-    probe = ThreadPoolExecutor(max_workers=1)
-    try:
-        if not probe.submit(_single_thread_this_thread).result():
-            return None
-    finally:
-        probe.shutdown()
-    return ThreadPoolExecutor(max_workers=n_helpers, thread_name_prefix="zimage-dequant",
-                              initializer=_single_thread_this_thread)
-
-
-def _in_modes(work: Callable[[], None], inference: bool, grad: bool) -> None:
-    # Inference and grad modes are per thread: take the caller's, or in-place writes into
-    # tensors it made under torch.inference_mode() (as ComfyUI runs) would be refused.
-    with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-        work()
-
-
 def dequantize_blocks(blocks: torch.Tensor, out: torch.Tensor, fmt: ChunkFormat) -> None:
     """(n, type_size) uint8 blocks -> their values in `out` ((n, block_size), contiguous), chunk by chunk.
 
-    CPU threading: chunks are shared out between helper threads (as many as the caller's
-    torch.get_num_threads()), each running its ops single-threaded and taking the next chunk
-    when done; torch ops release the GIL. torch's own intra-op threading would put a barrier
-    after each of the many small ops, and on a busy machine every barrier waits for a
-    descheduled thread (measured: seconds instead of tens of milliseconds). The caller waits;
-    no thread setting of the caller, or of the process, changes. A caller set to one thread,
-    or a torch whose threads cannot be set one at a time, runs the chunks in the calling thread.
+    Threading is torch's own: each op of a chunk runs on the caller's intra-op threads. An earlier
+    version shared the chunks out between single-threaded helper threads (no intra-op barrier per
+    op); measured on the project's 2-core CPU, ABAB-interleaved over 75-180 s, inside the CPU slab
+    Linear that ComfyUI runs (ops/linear.py, 96 input rows, one Z-Image block of weights), the helper
+    threads were slower for every type tried, on torch 2.13 and on ComfyUI's 2.14 alike (Q8_0 267 vs
+    294 ms, Q4_0 318 vs 366, Q4_K 360 vs 450, median of the quiet periods): after each slab the
+    caller's OpenMP team is still spinning when the helpers start. They won only for whole-weight
+    dequantization of the K- and I-quants, which ComfyUI's path does not take on the CPU.
     """
     n_blocks = blocks.shape[0]
     block_size = fmt.block_size
@@ -173,30 +117,14 @@ def dequantize_blocks(blocks: torch.Tensor, out: torch.Tensor, fmt: ChunkFormat)
     staged = out.dtype != torch.float32 and out.dtype not in fmt.exact_dtypes
     values_dtype = torch.float32 if staged else out.dtype
     chunk_shape = (min(rows, n_blocks), block_size)
-    next_chunk = iter(range(len(block_chunks)))  # shared by all threads; next() is atomic under the GIL
-
-    def work() -> None:
-        scratch = torch.empty(chunk_shape, dtype=torch.float32, device=device) if staged else None
-        spare = torch.empty(chunk_shape, dtype=values_dtype, device=device) if fmt.uses_spare else None
-        for i in next_chunk:
-            target = out_chunks[i]
-            m = target.shape[0]
-            values = target if scratch is None else scratch[:m]
-            fmt.decode(block_chunks[i], values, None if spare is None else spare[:m])
-            if staged:
-                target.copy_(values)
-
-    caller_threads = torch.get_num_threads() if on_cpu else 1
-    pool = _helper_pool(caller_threads) if caller_threads > 1 else None
-    if pool is None:
-        work()
-        return
-    # Even a single chunk goes to a helper: intra-op barriers cost more than they save here.
-    modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
-    helpers = [pool.submit(_in_modes, work, *modes) for _ in range(min(caller_threads, len(block_chunks)))]
-    futures.wait(helpers)
-    for helper in helpers:
-        helper.result()
+    scratch = torch.empty(chunk_shape, dtype=torch.float32, device=device) if staged else None
+    spare = torch.empty(chunk_shape, dtype=values_dtype, device=device) if fmt.uses_spare else None
+    for block_chunk, target in zip(block_chunks, out_chunks):
+        m = target.shape[0]
+        values = target if scratch is None else scratch[:m]
+        fmt.decode(block_chunk, values, None if spare is None else spare[:m])
+        if staged:
+            target.copy_(values)
 
 
 def reinterpret(data: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
