@@ -18,6 +18,7 @@ of the whole server process) and the peak of RssAnon (anonymous memory) sampled 
 
 Run (ComfyUI's Python, source checkout; files are generated once into ~/.cache):
   COMFYUI_PATH=/tmp/ComfyUI /tmp/comfy-venv/bin/python tests/integration/bench_e2e.py [--city96 /path/ComfyUI-GGUF]
+      [--before /path/to/an/earlier/export/of/this/pack]
 """
 from __future__ import annotations
 
@@ -98,6 +99,7 @@ def run_variant(args, label: str, loaders: str, ggml_type: str, names: dict, mod
             "unet_load_s": span(comfy_server.UNET_NODE),
             "step_s": statistics.median(steps),
             "steps_timed": len(steps),
+            "majflt_per_step": sum(t.sampling_major_faults(comfy_server.SAMPLER_NODE) for t in traces) / max(len(steps), 1),
             "vmhwm_kib": max(t.vmhwm_kib for t in traces),
             "anon_peak_kib": max(t.anon_peak_kib for t in traces),
         }
@@ -110,6 +112,9 @@ def main(argv=None) -> int:
     parser.add_argument("--comfyui-path", default=os.environ.get("COMFYUI_PATH"),
                         help="ComfyUI checkout (default: $COMFYUI_PATH)")
     parser.add_argument("--city96", default=None, help="a checkout of city96's ComfyUI-GGUF, to compare against")
+    parser.add_argument("--before", default=None,
+                        help="a checkout (or export) of an earlier version of this pack: its GGUF rows run in the "
+                             "same job, for a before/after table")
     parser.add_argument("--types", nargs="*", default=["Q8_0", "Q4_0"])
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     parser.add_argument("--steps", type=int, default=4, help="sampler steps per run (default 4)")
@@ -125,6 +130,8 @@ def main(argv=None) -> int:
     names = link_models(model_root, files)
     variants = [("native bf16", "native", "bf16", {})]
     for ggml_type in args.types:
+        if args.before:
+            variants.append((f"before {ggml_type}", "pack", ggml_type, {PACK_FOLDER: Path(args.before)}))
         variants.append((f"pack {ggml_type}", "pack", ggml_type, {PACK_FOLDER: REPO_ROOT}))
         if args.city96:
             variants.append((f"city96 {ggml_type}", "city96", ggml_type,
@@ -139,7 +146,7 @@ def main(argv=None) -> int:
     print(f"\nZ-Image Turbo graph on a real ComfyUI server (CPU, --cpu), {args.size}x{args.size}, {args.steps} "
           f"steps x {args.runs} runs per server; Z-Image 1 layer x 3840 wide, Qwen3-4B 3 layers x 2560 wide")
     header = (f"{'variant':14} {'TE load s':>9} {'encode s':>9} {'DiT load s':>10} {'s/it':>7} {'x native':>8} "
-              f"{'target':>7} {'VmHWM GiB':>9} {'x native':>8} {'RssAnon pk GiB':>14}")
+              f"{'target':>7} {'VmHWM GiB':>9} {'x native':>8} {'RssAnon pk GiB':>14} {'majflt/step':>11}")
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -149,9 +156,11 @@ def main(argv=None) -> int:
         verdict = "-" if target is None else ("met" if ratio <= target else "MISSED")
         print(f"{row['label']:14} {row['clip_load_s']:9.2f} {row['encode_s']:9.2f} {row['unet_load_s']:10.2f} "
               f"{row['step_s']:7.3f} {ratio:8.2f} {verdict:>7} {row['vmhwm_kib'] / 2**20:9.2f} "
-              f"{row['vmhwm_kib'] / native['vmhwm_kib']:8.2f} {row['anon_peak_kib'] / 2**20:14.2f}")
+              f"{row['vmhwm_kib'] / native['vmhwm_kib']:8.2f} {row['anon_peak_kib'] / 2**20:14.2f} "
+              f"{row['majflt_per_step']:11.0f}")
     print("s/it: median of the server's step-to-step progress times (first step of each run left out); "
-          "VmHWM: the server process's peak RSS; RssAnon pk: its peak anonymous memory during the runs")
+          "VmHWM: the server process's peak RSS; RssAnon pk: its peak anonymous memory during the runs; "
+          "majflt/step: the server's major page faults per timed step (mapped model pages read back from disk)")
     return 0
 
 

@@ -44,19 +44,30 @@ def proc_status_kib(pid: int, field_name: str) -> int:
     raise RuntimeError(f"no {field_name} in /proc/{pid}/status")
 
 
+def major_faults(pid: int) -> int:
+    """Major page faults of the whole process so far (pages read in from disk: a mapped file's
+    pages that had left the page cache), field 12 of /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[9])
+
+
 class MemorySampler:
-    """RssAnon of a process sampled on a thread: (monotonic time, KiB) pairs, and their peak."""
+    """RssAnon of a process sampled on a thread: (monotonic time, KiB) pairs, and their peak; and
+    its major page faults at the same moments."""
 
     def __init__(self, pid: int, interval_s: float = MEMORY_SAMPLE_S):
         self.pid, self.interval_s = pid, interval_s
         self.samples: list[tuple[float, int]] = []
+        self.faults: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
             try:
-                self.samples.append((time.monotonic(), proc_status_kib(self.pid, "RssAnon")))
+                now = time.monotonic()
+                self.samples.append((now, proc_status_kib(self.pid, "RssAnon")))
+                self.faults.append((now, major_faults(self.pid)))
             except (OSError, RuntimeError):
                 return
             self._stop.wait(self.interval_s)
@@ -72,6 +83,12 @@ class MemorySampler:
     def peak_kib(self, start: float = float("-inf"), end: float = float("inf")) -> int:
         inside = [kib for t, kib in self.samples if start <= t <= end]
         return max(inside) if inside else 0
+
+    def major_faults_between(self, start: float, end: float) -> int:
+        """Major faults between the last sample at or before `start` and the first at or after `end`."""
+        before = [count for t, count in self.faults if t <= start] or [c for _, c in self.faults[:1]]
+        after = [count for t, count in self.faults if t >= end] or [c for _, c in self.faults[-1:]]
+        return (after[0] - before[-1]) if before and after else 0
 
     def last_kib_before(self, moment: float) -> int:
         before = [kib for t, kib in self.samples if t <= moment]
@@ -108,6 +125,11 @@ class RunTrace:
         loads the model, is left out)."""
         ticks = [moment for moment, current, _, _ in self.progress if current == node]
         return [b - a for a, b in zip(ticks, ticks[1:])]
+
+    def sampling_major_faults(self, node: str) -> int:
+        """Major page faults while `node`'s timed steps ran (from its second progress tick to its last)."""
+        ticks = [moment for moment, current, _, _ in self.progress if current == node]
+        return self.memory.major_faults_between(ticks[1], ticks[-1]) if len(ticks) > 1 else 0
 
     def anon_growth_kib(self, node: str) -> int:
         """Peak RssAnon while `node` ran, above RssAnon just before it started."""
