@@ -178,6 +178,48 @@ def gguf_model_patcher_class():
     return GGUFModelPatcher
 
 
+@functools.cache
+def gguf_dynamic_patcher_class():
+    import comfy.model_patcher
+
+    class GGUFModelPatcherDynamic(comfy.model_patcher.ModelPatcherDynamic):
+        """ComfyUI's DynamicVRAM patcher, plus the one thing it cannot do for every GGUF weight.
+
+        On its vbar path ComfyUI applies a LoRA (`weight_lowvram_function`) to a weight that is not
+        resident on the device, then requantizes the result into the weight's layout
+        (`QuantizedTensor.from_float`) and keeps that. This pack has no quantizer for some GGML types
+        (the 1- to 3-bit I-quants, TQ1_0/TQ2_0, MXFP4/NVFP4), so for weights of those types the LoRA
+        moves to `weight_function`, which ComfyUI applies to the dequantized weight on every call
+        (as the plain ModelPatcher does for offloaded weights) and never requantizes.
+        """
+
+        def load(self, *args, **kwargs):
+            result = super().load(*args, **kwargs)
+            lora_per_call_where_no_quantizer(self.model)
+            return result
+
+    return GGUFModelPatcherDynamic
+
+
+def lora_per_call_where_no_quantizer(model) -> int:
+    """Move LoRA patches of GGUF weights whose type this pack cannot quantize from ComfyUI's
+    requantizing `<param>_lowvram_function` to the per-call `<param>_function` list; returns how many."""
+    from .quant_types import quant_type
+
+    moved = 0
+    for module in model.modules():
+        for param in ("weight", "bias"):
+            patch = getattr(module, f"{param}_lowvram_function", None)
+            tensor = getattr(module, param, None)
+            if patch is None or not is_gguf_tensor(tensor) or quant_type(tensor._params.ggml_type).quantizer:
+                continue
+            setattr(module, f"{param}_lowvram_function", None)
+            functions = [f for f in getattr(module, f"{param}_function", []) if f is not patch]
+            setattr(module, f"{param}_function", functions + [patch])
+            moved += 1
+    return moved
+
+
 def _is_quantized(weight) -> bool:
     return isinstance(weight, QuantizedTensor) or is_gguf_tensor(weight)
 
@@ -204,17 +246,21 @@ def as_gguf_patcher(patcher, patch_on_device: bool = False, dequant_dtype=None):
     """Make a freshly loaded ComfyUI ModelPatcher ours, in place.
 
     The object stays the same (ComfyUI may already track it as loaded, as it does for text
-    encoders); only its class becomes our subclass, which adds methods and no state. A
-    DynamicVRAM patcher (ComfyUI's ModelPatcherDynamic) is left as it is: it already applies LoRA
-    at cast time (`weight_lowvram_function`), which the plain ModelPatcher does only for the
-    modules it offloads; on a full load it would bake the LoRA into a float copy of the weight.
+    encoders); only its class becomes our subclass, which adds methods and no state. A plain
+    ModelPatcher becomes GGUFModelPatcher: it applies LoRA at cast time only for the modules it
+    offloads, and on a full load would bake the LoRA into a float copy of the weight. A DynamicVRAM
+    patcher (ComfyUI's ModelPatcherDynamic) already applies LoRA at cast time and keeps its
+    behaviour, except for the types without a quantizer (GGUFModelPatcherDynamic).
     """
     import comfy.model_patcher
 
     from comfy.patcher_extension import CallbacksMP
 
     cls = gguf_model_patcher_class()
-    if not patcher.is_dynamic():
+    if patcher.is_dynamic():
+        if type(patcher) is comfy.model_patcher.ModelPatcherDynamic:
+            patcher.__class__ = gguf_dynamic_patcher_class()
+    else:
         if type(patcher) not in (comfy.model_patcher.ModelPatcher, cls):
             raise TypeError(f"expected a plain ComfyUI ModelPatcher, got {type(patcher).__name__}")
         patcher.__class__ = cls

@@ -224,3 +224,53 @@ def test_cpu_linear_forward_takes_the_slab_product_and_equals_the_pack_layers(co
         assert torch.equal(old(x), out)
         assert torch.equal(out, torch.nn.functional.linear(x, dequantize(pack.raw, Q.Q8_0, pack.shape, torch.float32)))
     assert calls and all(tuple(shape) == (10240, 3840) for shape in calls)
+
+
+def test_dynamic_vram_lora_stays_per_call_for_types_without_a_quantizer(comfy, monkeypatch):
+    """ComfyUI's ModelPatcherDynamic requantizes a LoRA-patched weight (from_float into the layer's
+    layout) on its vbar path; for a type the pack cannot quantize the LoRA must move to the per-call
+    weight_function instead. No CUDA here: the patcher is made for a CUDA device and its vbar left
+    out (_vbar_get -> None), so what is tested is what ComfyUI's own load() leaves on each module,
+    then the forward through ComfyUI's (non-vbar) cast path."""
+    import comfy.model_patcher
+    from comfy.weight_adapter.lora import LoRAAdapter
+
+    from comfyui_zimage_gguf.ops.comfy_ops import as_gguf_patcher, gguf_dynamic_patcher_class, make_layout_ops
+
+    ops = make_layout_ops()
+    model = torch.nn.Module()
+    model.iq = ops.Linear(256, 16, bias=False)
+    model.q8 = ops.Linear(256, 16, bias=False)
+    iq_pack, iq_weight = _comfy_tensor(Q.IQ2_XXS, (16, 256))
+    _, q8_weight = _comfy_tensor(Q.Q8_0, (16, 256), seed=1)
+    model.load_state_dict({"iq.weight": iq_weight, "q8.weight": q8_weight})
+    model.model_loaded_weight_memory = 0
+    device = torch.device("cuda", 0)
+    patcher = comfy.model_patcher.ModelPatcherDynamic(model, device, torch.device("cpu"))
+    assert patcher.is_dynamic()
+    patcher = as_gguf_patcher(patcher)
+    assert type(patcher) is gguf_dynamic_patcher_class()
+    monkeypatch.setattr(patcher, "_vbar_get", lambda create=False: None)
+    up, down = torch.randn(16, 4) * 0.1, torch.randn(4, 256) * 0.1
+    patches = {f"{name}.weight": LoRAAdapter(set(), (up, down, None, None, None, None)) for name in ("iq", "q8")}
+    patcher.add_patches(patches, 1.0)
+    try:
+        patcher.load(device)
+        assert model.iq.weight_lowvram_function is None
+        assert [type(f) for f in model.iq.weight_function] == [comfy.model_patcher.LowVramPatch]
+        assert isinstance(model.q8.weight_lowvram_function, comfy.model_patcher.LowVramPatch)  # Q8_0 requantizes
+        assert model.q8.weight_function == []
+        x = torch.randn(3, 256)
+        with torch.inference_mode():
+            expected = torch.nn.functional.linear(x, iq_pack.dequantize() + up @ down)
+            assert torch.allclose(model.iq(x), expected, atol=1e-5)
+        assert type(patcher.clone()) is gguf_dynamic_patcher_class()
+        # A later load without the LoRA leaves nothing behind.
+        plain = patcher.clone()
+        plain.patches = {}
+        plain.patches_uuid = "no-lora"
+        monkeypatch.setattr(plain, "_vbar_get", lambda create=False: None)
+        plain.load(device)
+        assert model.iq.weight_function == [] and model.iq.weight_lowvram_function is None
+    finally:
+        patcher.detach()
