@@ -44,21 +44,23 @@ def proc_status_kib(pid: int, field_name: str) -> int:
     raise RuntimeError(f"no {field_name} in /proc/{pid}/status")
 
 
-def major_faults(pid: int) -> int:
-    """Major page faults of the whole process so far (pages read in from disk: a mapped file's
-    pages that had left the page cache), field 12 of /proc/<pid>/stat."""
+def page_faults(pid: int) -> tuple[int, int]:
+    """(minor, major) page faults of the whole process so far, fields 10 and 12 of /proc/<pid>/stat.
+    Major: pages read in from disk (a mapped file's pages that had left the page cache); minor: pages
+    mapped without I/O (fresh anonymous memory, or a file page still cached but unmapped from us)."""
     with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[9])
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[7]), int(fields[9])
 
 
 class MemorySampler:
     """RssAnon of a process sampled on a thread: (monotonic time, KiB) pairs, and their peak; and
-    its major page faults at the same moments."""
+    its (time, minor, major) page faults at the same moments."""
 
     def __init__(self, pid: int, interval_s: float = MEMORY_SAMPLE_S):
         self.pid, self.interval_s = pid, interval_s
         self.samples: list[tuple[float, int]] = []
-        self.faults: list[tuple[float, int]] = []
+        self.faults: list[tuple[float, int, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -67,7 +69,7 @@ class MemorySampler:
             try:
                 now = time.monotonic()
                 self.samples.append((now, proc_status_kib(self.pid, "RssAnon")))
-                self.faults.append((now, major_faults(self.pid)))
+                self.faults.append((now, *page_faults(self.pid)))
             except (OSError, RuntimeError):
                 return
             self._stop.wait(self.interval_s)
@@ -84,11 +86,13 @@ class MemorySampler:
         inside = [kib for t, kib in self.samples if start <= t <= end]
         return max(inside) if inside else 0
 
-    def major_faults_between(self, start: float, end: float) -> int:
-        """Major faults between the last sample at or before `start` and the first at or after `end`."""
-        before = [count for t, count in self.faults if t <= start] or [c for _, c in self.faults[:1]]
-        after = [count for t, count in self.faults if t >= end] or [c for _, c in self.faults[-1:]]
-        return (after[0] - before[-1]) if before and after else 0
+    def faults_between(self, start: float, end: float) -> tuple[int, int]:
+        """(minor, major) faults between the last sample at or before `start` and the first at or after `end`."""
+        before = [f for f in self.faults if f[0] <= start] or self.faults[:1]
+        after = [f for f in self.faults if f[0] >= end] or self.faults[-1:]
+        if not before or not after:
+            return 0, 0
+        return after[0][1] - before[-1][1], after[0][2] - before[-1][2]
 
     def last_kib_before(self, moment: float) -> int:
         before = [kib for t, kib in self.samples if t <= moment]
@@ -126,10 +130,10 @@ class RunTrace:
         ticks = [moment for moment, current, _, _ in self.progress if current == node]
         return [b - a for a, b in zip(ticks, ticks[1:])]
 
-    def sampling_major_faults(self, node: str) -> int:
-        """Major page faults while `node`'s timed steps ran (from its second progress tick to its last)."""
+    def sampling_faults(self, node: str) -> tuple[int, int]:
+        """(minor, major) page faults while `node`'s timed steps ran (its second progress tick to its last)."""
         ticks = [moment for moment, current, _, _ in self.progress if current == node]
-        return self.memory.major_faults_between(ticks[1], ticks[-1]) if len(ticks) > 1 else 0
+        return self.memory.faults_between(ticks[1], ticks[-1]) if len(ticks) > 1 else (0, 0)
 
     def anon_growth_kib(self, node: str) -> int:
         """Peak RssAnon while `node` ran, above RssAnon just before it started."""
