@@ -28,7 +28,7 @@ from gguf import GGMLQuantizationType as Q
 
 from comfyui_zimage_gguf import load_gguf
 from comfyui_zimage_gguf.ops.state_dict import SMALL_TENSOR_ELEMENTS
-from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
+from comfyui_zimage_gguf.ops.comfy_layout import gguf_type
 
 
 import comfy_inprocess as inprocess  # noqa: E402  (tests/integration is on pytest's pythonpath)
@@ -101,7 +101,7 @@ def qwen3_4b_encodings(comfy) -> dict:
     source, quantized = tool_files.llama_quantized_encoder("Q4_K_M", tool_files.FULL_QWEN3_4B)
     clip = loaders.load_text_encoder(str(quantized), "lumina2", {}, CPU)
     model = clip.cond_stage_model.qwen3_4b.transformer.model
-    weight_types = {name: (module.weight.ggml_type if isinstance(module.weight, QuantizedTensor) else None)
+    weight_types = {name: gguf_type(module.weight)  # the pack's tensor or ComfyUI's, whichever path loaded it
                     for name, module in (("token_embd.weight", model.embed_tokens),
                                          ("blk.0.ffn_up.weight", model.layers[0].mlp.up_proj),
                                          ("blk.2.attn_v.weight", model.layers[2].self_attn.v_proj))}
@@ -219,9 +219,9 @@ def test_sdcpp_zimage_loads_as_comfy_zimage_with_its_stored_types(zimage, case):
     for name, value in state.items():
         info = stored[name]
         if math.prod(info.shape) >= SMALL_TENSOR_ELEMENTS:
-            assert isinstance(value, QuantizedTensor) and value.ggml_type == info.ggml_type, name
+            assert gguf_type(value) == info.ggml_type, name
         else:
-            assert not isinstance(value, QuantizedTensor) and value.dtype.is_floating_point, name
+            assert gguf_type(value) is None and value.dtype.is_floating_point, name
     assert state["x_pad_token"].shape == state["cap_pad_token"].shape == (1, WIDTH)
 
 
