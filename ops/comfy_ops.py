@@ -211,7 +211,7 @@ def lora_per_call_where_no_quantizer(model) -> int:
         for param in ("weight", "bias"):
             patch = getattr(module, f"{param}_lowvram_function", None)
             tensor = getattr(module, param, None)
-            if patch is None or not is_gguf_tensor(tensor) or quant_type(tensor._params.ggml_type).quantizer:
+            if patch is None or not is_gguf_tensor(tensor) or quant_type(tensor._params.ggml_type).quantizer is not None:
                 continue
             setattr(module, f"{param}_lowvram_function", None)
             functions = [f for f in getattr(module, f"{param}_function", []) if f is not patch]
