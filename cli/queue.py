@@ -76,7 +76,9 @@ def run_queue(args) -> int:
         print(f"queued prompt {prompt_id} on {client.base_url}", flush=True)
         if events is not None:
             follow_progress(events, workflow, prompt_id, start, args.timeout)
-        outputs = wait_for_outputs(client, prompt_id, timeout_s=args.timeout, poll_interval_s=args.poll_interval)
+        outputs = wait_for_outputs(
+            client, prompt_id, timeout_s=args.timeout, poll_interval_s=args.poll_interval, start=start
+        )
         for path in save_images(client, outputs, args.out):
             print(f"saved {path}", flush=True)
     except (QueueCommandError, WorkflowError) as error:
@@ -298,9 +300,15 @@ def _queue_state(client: ComfyClient, prompt_id: str) -> str:
     return "finishing"
 
 
-def wait_for_outputs(client: ComfyClient, prompt_id: str, *, timeout_s: float, poll_interval_s: float) -> dict:
-    """Poll the history until the prompt is done; return its outputs or raise with the server's error."""
-    start = time.monotonic()
+def wait_for_outputs(
+    client: ComfyClient, prompt_id: str, *, timeout_s: float, poll_interval_s: float, start: float | None = None
+) -> dict:
+    """Poll the history until the prompt is done; return its outputs or raise with the server's error.
+
+    `start` is when the prompt was queued (time.monotonic()), so "done in" is the whole run and the
+    timeout counts from the queueing, not from the end of the websocket progress."""
+    if start is None:
+        start = time.monotonic()
     last_state = None
     while True:
         history = client.get_json(f"/history/{urllib.parse.quote(prompt_id, safe='')}")

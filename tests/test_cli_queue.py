@@ -269,3 +269,15 @@ def test_gives_up_after_the_timeout(fake_server, capsys):
     assert one_line_error(capsys) == (
         "error: gave up after 0.2s waiting for prompt p-1; it may still be running on the server"
     )
+
+
+def test_done_in_counts_from_the_queueing_not_from_the_last_poll(fake_server, capsys):
+    import time
+
+    from comfyui_zimage_gguf.cli.queue import ComfyClient, wait_for_outputs
+
+    client = ComfyClient(fake_server(FakeComfy(workflow_types(), history_after_polls=0)))
+    queued_at = time.monotonic() - 136.0  # the websocket followed the run for 136 s before the history poll
+    wait_for_outputs(client, "p-1", timeout_s=600, poll_interval_s=0.01, start=queued_at)
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done in")]
+    assert 136.0 <= float(line.removeprefix("done in ").removesuffix("s")) < 200
