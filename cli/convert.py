@@ -3,13 +3,14 @@ or ComfyUI's scaled fp8, a diffusers transformer folder, or a GGUF to requantize
 GGUF: `general.architecture = lumina2`, ComfyUI's bare tensor names, `general.file_type` and
 `general.quantization_version`, per-tensor types from ops.quant_rules.
 
-Streaming: one tensor is read, quantized and written at a time into OUT.gguf.partial, which is
-renamed to OUT.gguf only when complete and removed on any error or interruption.
+Streaming: one tensor is read, quantized and written at a time into a temporary file beside
+OUT.gguf (fileio.AtomicWrite), renamed to OUT.gguf only when complete and removed on any error or
+interruption. Safetensors sources are read through the `safetensors` library, which validates the
+header (offsets, sizes, dtypes) before any tensor is touched.
 """
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import struct
 import sys
@@ -68,26 +69,32 @@ def _file_kind(path: Path) -> str:
 
 
 class _SafetensorsFile:
-    """A safetensors file read with plain reads, one tensor at a time (no memory map: the pages of a
-    multi-GB file read through a map would count in the process's RSS until the map goes)."""
+    """A safetensors file read through the `safetensors` library, which checks the whole header
+    (JSON, dtypes, shapes against offsets, offsets against the file size) when the file is opened.
+    Each tensor is copied out of a handle opened for it alone: the mapped pages of a multi-GB file
+    would otherwise stay in the process's RSS until the one handle closed."""
 
     DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
               "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "U8": torch.uint8, "I8": torch.int8,
               "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "BOOL": torch.bool}
 
     def __init__(self, path: Path):
-        import json
-
         self.path = path
+        with self._open() as handle:
+            self._metadata = handle.metadata() or {}
+            self._entries = {}
+            for name in handle.keys():
+                part = handle.get_slice(name)
+                self._entries[name] = (part.get_dtype(), tuple(part.get_shape()))
+
+    def _open(self):
+        from safetensors import safe_open
+
         try:
-            with open(path, "rb") as f:
-                (size,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(size))
-        except (OSError, ValueError, struct.error) as e:
-            raise ConvertError(f"{path.name}: not a readable safetensors file ({e})\n{path}") from None
-        self._metadata = header.pop("__metadata__", None) or {}
-        self._entries = header
-        self._data_start = 8 + size
+            return safe_open(str(self.path), framework="pt", device="cpu")
+        except Exception as e:  # the library's SafetensorError, or an OSError
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConvertError(f"{self.path.name} is not a readable safetensors file: {reason}\n{self.path}") from None
 
     def keys(self) -> list[str]:
         return list(self._entries)
@@ -96,23 +103,18 @@ class _SafetensorsFile:
         return self._metadata
 
     def dtype_name(self, name: str) -> str:
-        return self._entries[name]["dtype"]
+        return self._entries[name][0]
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._entries[name]["shape"])
+        return self._entries[name][1]
 
     def get_tensor(self, name: str) -> torch.Tensor:
-        entry = self._entries[name]
-        start, end = entry["data_offsets"]
-        buffer = bytearray(end - start)
-        with open(self.path, "rb") as f:
-            f.seek(self._data_start + start)
-            if f.readinto(buffer) != len(buffer):
-                raise ConvertError(f"{self.path.name}: the file ends inside tensor {name} (truncated?)\n{self.path}")
-        dtype = self.DTYPES[entry["dtype"]]
-        if not buffer:
-            return torch.empty(entry["shape"], dtype=dtype)
-        return torch.frombuffer(buffer, dtype=dtype).reshape(entry["shape"])
+        with self._open() as handle:
+            try:
+                return handle.get_tensor(name).clone()
+            except Exception as e:
+                raise ConvertError(f"{self.path.name}: cannot read tensor {name} ({e}); the file changed or is "
+                                   f"damaged\n{self.path}") from None
 
 
 def _open_safetensors(path: Path) -> Source:
@@ -400,32 +402,44 @@ class Progress:
         self.stream.flush()
 
 
+def _write_into(writer: GGUFWriter, file) -> None:
+    """Point a GGUFWriter built without a path at an open file (the atomic writer's temporary
+    file), so that it never opens a path itself."""
+    from gguf.gguf_writer import WriterState
+
+    writer.fout = [file]
+    writer.state = WriterState.EMPTY
+
+
 def write_gguf(out_path, architecture: str, mix: str, tensors: list[tuple[str, tuple[int, ...], T, Callable[[], torch.Tensor]]],
                progress: Progress | None = None, overwrite: bool = False,
-               metadata: Callable[[GGUFWriter], None] | None = None, imatrix: dict | None = None) -> Path:
-    """Write (name, shape, type, load) tensors streaming through OUT.partial; returns the final path.
+               metadata: Callable[[GGUFWriter], None] | None = None, imatrix: dict | None = None,
+               add_counter: bool = False) -> Path:
+    """Write (name, shape, type, load) tensors streaming into a temporary file beside OUT, renamed to
+    OUT when complete (fileio.AtomicWrite: never through a link, fsynced, removed on any failure);
+    returns the final path (numbered `name_00001.gguf` with `add_counter` when OUT exists).
     `metadata(writer)` adds keys of the architecture (a text encoder's hyperparameters); `imatrix`
     (ops.imatrix.load_imatrix) weights the tensors it names, by their GGUF names."""
+    from ..fileio import AtomicWrite, check_target
     from ..ops.quant_rules import MIXES
 
-    out_path = Path(out_path)
-    if out_path.exists() and not overwrite:
-        raise ConvertError(f"{out_path.name} already exists: choose another name or allow overwriting\n{out_path}")
-    partial = out_path.with_name(out_path.name + ".partial")
+    out_path = check_target(out_path, overwrite or add_counter)
     total = sum(_nbytes(t, shape) for _, shape, t, _ in tensors)
-    free = shutil.disk_usage(out_path.parent if str(out_path.parent) else ".").free
+    free = shutil.disk_usage(out_path.parent).free
     if free < total + (1 << 20):
         raise ConvertError(f"not enough disk space for {out_path.name}: it needs {total / 1e9:.2f} GB, "
                            f"{free / 1e9:.2f} GB free\n{out_path.parent}")
-    writer = GGUFWriter(str(partial), arch=architecture)
+    weights = {name: _tensor_imatrix(imatrix, name, shape, ggml_type) for name, shape, ggml_type, _ in tensors}
+    target = AtomicWrite(out_path, overwrite, add_counter)
+    writer = GGUFWriter(None, arch=architecture)
     writer.add_file_type(int(MIXES[mix].file_type))
     writer.add_quantization_version(GGML_QUANT_VERSION)
     if metadata:
         metadata(writer)
-    weights = {name: _tensor_imatrix(imatrix, name, shape, ggml_type) for name, shape, ggml_type, _ in tensors}
     for name, shape, ggml_type, _ in tensors:
         writer.add_tensor_info(name, shape, np.dtype(np.float32), _nbytes(ggml_type, shape), raw_dtype=ggml_type)
-    try:
+    with target as file:
+        _write_into(writer, file)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -435,13 +449,7 @@ def write_gguf(out_path, architecture: str, mix: str, tensors: list[tuple[str, t
             writer.write_tensor_data(data)
             if progress:
                 progress.update(index, name, data.nbytes)
-        writer.close()
-        os.replace(partial, out_path)
-    except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        raise
-    return out_path
+    return target.path
 
 
 def convert(src, out, mix: str = "Q4_K_M", overwrite: bool = False, progress: bool = True,
@@ -495,7 +503,7 @@ def add_convert_parser(sub) -> None:
     parser.add_argument("src", help="Z-Image diffusion model: ComfyUI .safetensors (BF16/F16/F32, scaled fp8), "
                                         "a diffusers folder (or its transformer/), or a .gguf; or a Qwen3 text "
                                         "encoder in HF/ComfyUI names (.safetensors or an HF folder)")
-    parser.add_argument("out", help="output .gguf path (written through OUT.partial)")
+    parser.add_argument("out", help="output .gguf path (written through a temporary file beside it)")
     parser.add_argument("--type", default="Q4_K_M", choices=list(MIXES), help="llama.cpp file type (default Q4_K_M)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--quiet", action="store_true", help="no progress line")

@@ -54,7 +54,7 @@ def assert_close_to_source(out, values, mix_types):
 def test_safetensors_with_or_without_prefix_become_city96_gguf(tmp_path, prefix):
     src, values = narrow_source(tmp_path, prefix=prefix)
     out = convert(src, tmp_path / "z.gguf", "Q4_K_M", progress=False)
-    assert out == tmp_path / "z.gguf" and not (tmp_path / "z.gguf.partial").exists()
+    assert out == tmp_path / "z.gguf" and list(tmp_path.glob("z.gguf.*")) == []
     plan = plan_types({n: (tuple(v.shape), torch.bfloat16) for n, v in values.items()}, "Q4_K_M", "lumina2")
     assert_close_to_source(out, values, plan)
     gguf_file = load_gguf(out)
@@ -161,7 +161,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(module, "_encode", failing)
     with pytest.raises(KeyboardInterrupt):
         convert(src, tmp_path / "z.gguf", "Q4_K_M", progress=False)
-    assert not (tmp_path / "z.gguf").exists() and not (tmp_path / "z.gguf.partial").exists()
+    assert list(tmp_path.glob("z.gguf*")) == []
 
 
 def test_no_disk_space(tmp_path, monkeypatch):
@@ -172,3 +172,38 @@ def test_no_disk_space(tmp_path, monkeypatch):
     with pytest.raises(ConvertError, match=r"not enough disk space for z.gguf: it needs 0\.\d\d GB, 0\.00 GB free"):
         convert(src, tmp_path / "z.gguf", "Q4_K_M", progress=False)
     assert list(tmp_path.glob("z.gguf*")) == []
+
+
+# --- the output is written atomically (fileio.AtomicWrite) -----------------------------------------
+
+def test_a_planted_partial_link_is_not_followed(tmp_path):
+    # before: write_gguf opened OUT.partial with open(..., "wb"), following a link planted there
+    src, _ = narrow_source(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    (tmp_path / "z.gguf.partial").symlink_to(victim)
+    out = convert(src, tmp_path / "z.gguf", "Q8_0", progress=False)
+    assert victim.read_bytes() == b"precious" and (tmp_path / "z.gguf.partial").is_symlink()
+    assert load_gguf(out).metadata["general.architecture"] == "lumina2"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
+def test_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    # before: close() raised inside the except block and the .partial file stayed
+    from comfyui_zimage_gguf import fileio
+    from test_fileio import full_disk_file
+
+    src, _ = narrow_source(tmp_path)
+    monkeypatch.setattr(fileio, "_open_file", full_disk_file)
+    assert main(["convert", str(src), str(tmp_path / "z.gguf"), "--quiet"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: cannot write {tmp_path / 'z.gguf'}: No space left on device (disk full?)")
+    assert list(tmp_path.glob("z.gguf*")) == []
+
+
+def test_missing_output_folder_is_one_line(tmp_path, capsys):
+    src, _ = narrow_source(tmp_path)
+    out = tmp_path / "missing" / "z.gguf"
+    assert main(["convert", str(src), str(out), "--quiet"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: cannot write {out}: the folder {out.parent} does not exist")

@@ -232,6 +232,43 @@ def test_truncated_safetensors_is_refused(tmp_path):
     src = tmp_path / "cut.safetensors"
     safetensors.torch.save_file({n: v.to(torch.bfloat16) for n, v in comfy_values().items()}, str(src))
     src.write_bytes(src.read_bytes()[:-1000])
-    with pytest.raises(ConvertError, match=r"^cut.safetensors: the file ends inside tensor \S+ \(truncated\?\)"):
+    with pytest.raises(ConvertError, match=r"^cut.safetensors is not a readable safetensors file: .*not fully covered"):
         convert(src, tmp_path / "o.gguf", "Q8_0", progress=False)
     assert list(tmp_path.glob("o.gguf*")) == []
+
+
+# --- damaged safetensors headers: the library checks them, convert names the file ----------------
+
+def raw_safetensors(path, header, data=bytes(16)):
+    encoded = json.dumps(header).encode()
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + data)
+    return path
+
+
+F32_4 = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
+BAD_HEADERS = {
+    "end past the file (2^40)": {"layers.0.attention.qkv.weight": {**F32_4, "data_offsets": [0, 2 ** 40]}},
+    "unknown dtype": {"layers.0.attention.qkv.weight": {**F32_4, "dtype": "Q9"}},
+    "no offsets": {"layers.0.attention.qkv.weight": {"dtype": "F32", "shape": [4]}},
+    "shape against offsets": {"layers.0.attention.qkv.weight": {**F32_4, "shape": [5]}},
+    "negative shape": {"layers.0.attention.qkv.weight": {**F32_4, "shape": [-4]}},
+    "entry is a string": {"layers.0.attention.qkv.weight": "F32"},
+    "metadata not strings": {"__metadata__": {"n": 1}, "layers.0.attention.qkv.weight": F32_4},
+    "overlapping tensors": {"a.weight": F32_4, "b.weight": F32_4},
+}
+
+
+@pytest.mark.parametrize("header", BAD_HEADERS.values(), ids=BAD_HEADERS.keys())
+def test_bad_safetensors_header_is_one_line_naming_the_file(tmp_path, capsys, header):
+    src = raw_safetensors(tmp_path / "bad.safetensors", header)
+    assert main(["convert", str(src), str(tmp_path / "o.gguf"), "--quiet"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: bad.safetensors is not a readable safetensors file: ") and "\n" not in error
+    assert list(tmp_path.glob("o.gguf*")) == []
+
+
+def test_header_length_past_the_file_is_refused(tmp_path):
+    src = tmp_path / "long.safetensors"
+    src.write_bytes((50_000_000).to_bytes(8, "little") + b'{"a": 1}')
+    with pytest.raises(ConvertError, match="^long.safetensors is not a readable safetensors file: "):
+        convert(src, tmp_path / "o.gguf", "Q8_0", progress=False)
