@@ -2,12 +2,16 @@
 
 Shared by the `queue` command and the image API, so both change the same inputs of any API export
 of a similar graph: the text of the CLIPTextEncode feeding the sampler's positive (or negative)
-input, the sampler's seed and steps, the empty latent's size and batch size.
+input, the sampler's seed, steps and denoise, the empty latent's size and batch size, the loaders'
+files, and for edits the LoadImage file (an RGBA PNG whose alpha is the mask: LoadImage's MASK output
+feeds SetLatentNoiseMask; a graph edited without a mask loses its SetLatentNoiseMask; n > 1 without an
+empty latent repeats the encoded latent with RepeatLatentBatch).
 """
 from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +20,12 @@ from ..errors import ZImageGGUFError
 SAMPLER_SEED_INPUT = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed"}
 LATENT_TYPES = ("EmptySD3LatentImage", "EmptyLatentImage")
 PROMPT_ENCODER_TYPE = "CLIPTextEncode"
+IMAGE_LOADER_TYPE = "LoadImage"
+NOISE_MASK_TYPE = "SetLatentNoiseMask"
+REPEAT_LATENT_TYPE = "RepeatLatentBatch"
+# quality -> share of the workflow's own step count, unless the sampler's _meta.quality_steps sets them
+QUALITY_SHARES = {"low": 0.5, "medium": 0.75, "high": 1.0}
+QUALITY_ALIASES = {"auto": "high", "standard": "high", "hd": "high"}
 # Model files, set by loader node type: parameter -> {class_type: input name}
 MODEL_FILE_INPUTS = {
     "unet": {"ZImageGGUFDiffusionModelLoader": "unet_name", "UNETLoader": "unet_name", "UnetLoaderGGUF": "unet_name"},
@@ -102,6 +112,63 @@ def _sampler_prompt_encoders(workflow: dict, sampler_input: str) -> list[dict]:
     return encoders
 
 
+def is_edit_workflow(workflow: dict) -> bool:
+    """True for a graph that starts from an image (a LoadImage node): it serves /v1/images/edits."""
+    return bool(_nodes_of_type(workflow, (IMAGE_LOADER_TYPE,)))
+
+
+def quality_steps(workflow: dict) -> dict[str, int]:
+    """{"low", "medium", "high"} -> step count for this workflow.
+
+    A KSampler's `_meta.quality_steps` (e.g. {"low": 4, "medium": 6, "high": 8}) sets them per
+    workflow; otherwise high is the sampler's own steps, medium 3/4 and low 1/2 of it (rounded up).
+    """
+    samplers = _nodes_of_type(workflow, SAMPLER_SEED_INPUT)
+    if not samplers:
+        return {}
+    configured = (samplers[0].get("_meta") or {}).get("quality_steps") or {}
+    steps = samplers[0]["inputs"].get("steps")
+    table = {}
+    for name, share in QUALITY_SHARES.items():
+        value = configured.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            table[name] = value
+        elif isinstance(steps, int) and steps > 0:
+            table[name] = max(1, math.ceil(steps * share))
+    return table
+
+
+def resolve_quality(quality: str) -> str:
+    """OpenAI's quality names -> low, medium or high (auto, standard and hd run the workflow's own steps)."""
+    return QUALITY_ALIASES.get(quality, quality)
+
+
+def _replace_links(workflow: dict, old: list, new: list) -> None:
+    for node in workflow.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) == str(old[0]) and value[1] == old[1]:
+                node["inputs"][name] = list(new)
+
+
+def _bypass_noise_masks(workflow: dict) -> None:
+    """Without a mask the whole image is redone: wire each SetLatentNoiseMask's input past it."""
+    for node_id in [key for key, node in workflow.items() if node["class_type"] == NOISE_MASK_TYPE]:
+        _replace_links(workflow, [node_id, 0], workflow[node_id]["inputs"]["samples"])
+        del workflow[node_id]
+
+
+def _repeat_latents(workflow: dict, amount: int) -> None:
+    """n images from one encoded image: a RepeatLatentBatch in front of every sampler's latent input."""
+    next_id = max((int(key) for key in workflow if key.isdigit()), default=0) + 1
+    for sampler in _nodes_of_type(workflow, SAMPLER_SEED_INPUT):
+        source = sampler["inputs"].get("latent_image")
+        if not isinstance(source, list):
+            continue
+        workflow[str(next_id)] = {"class_type": REPEAT_LATENT_TYPE, "inputs": {"samples": source, "amount": amount}}
+        sampler["inputs"]["latent_image"] = [str(next_id), 0]
+        next_id += 1
+
+
 def apply_overrides(
     workflow: dict,
     *,
@@ -115,6 +182,9 @@ def apply_overrides(
     unet=None,
     clip=None,
     vae=None,
+    denoise=None,
+    image=None,
+    masked=None,
     label: str = "{}",
 ) -> AppliedWorkflow:
     """Return a copy of the workflow with the given inputs replaced on every node of the matching type.
@@ -150,6 +220,20 @@ def apply_overrides(
     if steps is not None:
         for sampler in _require(samplers, "KSampler", "steps", label):
             sampler["inputs"]["steps"] = steps
+    if denoise is not None:
+        for sampler in _require(_nodes_of_type(workflow, ("KSampler",)), "KSampler", "denoise", label):
+            sampler["inputs"]["denoise"] = denoise
+    if image is not None:
+        for loader in _require(_nodes_of_type(workflow, (IMAGE_LOADER_TYPE,)), IMAGE_LOADER_TYPE, "image", label):
+            loader["inputs"]["image"] = image
+    if masked:
+        _require(_nodes_of_type(workflow, (NOISE_MASK_TYPE,)), NOISE_MASK_TYPE, "mask", label)
+    elif masked is not None:
+        _bypass_noise_masks(workflow)
+    has_latent = bool(_nodes_of_type(workflow, LATENT_TYPES))
+    if batch_size is not None and batch_size > 1 and not has_latent and is_edit_workflow(workflow):
+        _repeat_latents(workflow, batch_size)
+        batch_size = None
     for name, value in (("width", width), ("height", height), ("batch_size", batch_size)):
         if value is not None:
             for latent in _require(_nodes_of_type(workflow, LATENT_TYPES), " or ".join(LATENT_TYPES), name, label):
