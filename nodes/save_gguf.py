@@ -1,6 +1,10 @@
 """Save Model as GGUF: a MODEL (LoRA patches merged) written as a city96-style quantized GGUF into
 models/diffusion_models, with the same per-tensor rules and streaming writer as `convert`.
 
+It never replaces a file: any workflow sent to /prompt can run this node, so an existing name
+(maybe a model that is loaded right now) gets a counter instead, `name_00001.gguf`, as ComfyUI's
+save nodes do, and the file is only ever written inside the models folder (fileio.AtomicWrite).
+
 ComfyUI is imported lazily (the pack imports without it); the merging takes ComfyUI's
 calculate_weight as a parameter so that it is testable with a stand-in.
 """
@@ -52,7 +56,9 @@ def merged_tensors(patcher, calculate_weight: Callable) -> list[tuple[str, tuple
     return tensors
 
 
-def save_model_gguf(patcher, path, mix: str, calculate_weight: Callable, overwrite: bool = False, progress=None) -> Path:
+def save_model_gguf(patcher, path, mix: str, calculate_weight: Callable, progress=None) -> Path:
+    """Write the merged model to `path`, or to the first free `name_NNNNN.gguf` when it exists;
+    returns the path written."""
     from ..cli.convert import ARCHITECTURES, write_gguf
     from ..nodes.families.diffusion import detect_diffusion_model
     from ..errors import ModelDetectionError
@@ -69,7 +75,7 @@ def save_model_gguf(patcher, path, mix: str, calculate_weight: Callable, overwri
     plan = plan_types({name: (shape, dtype) for name, shape, dtype, _ in tensors}, mix, architecture)
     jobs = [(name, shape, plan[name], load) for name, shape, _, load in tensors]
     try:
-        return write_gguf(path, architecture, mix, jobs, progress, overwrite)
+        return write_gguf(path, architecture, mix, jobs, progress, add_counter=True)
     except ZImageGGUFError as e:
         raise SaveGGUFError(str(e)) from None
 
@@ -102,7 +108,6 @@ class ZImageSaveModelGGUF:
             "model": ("MODEL",),
             "filename": ("STRING", {"default": "z_image-Q4_K_M"}),
             "type": (list(MIXES), {"default": "Q4_K_M"}),
-            "overwrite": ("BOOLEAN", {"default": False}),
         }}
 
     RETURN_TYPES = ()
@@ -110,15 +115,16 @@ class ZImageSaveModelGGUF:
     FUNCTION = "save"
     CATEGORY = "loaders/Z-Image GGUF"
     DESCRIPTION = ("Writes the model, with its LoRAs merged, as a quantized GGUF into models/diffusion_models "
-                   "(city96 layout: loads in this pack and in ComfyUI-GGUF).")
+                   "(city96 layout: loads in this pack and in ComfyUI-GGUF). An existing name is never "
+                   "replaced: the new file gets a counter, name_00001.gguf.")
 
-    def save(self, model, filename, type="Q4_K_M", overwrite=False):
+    def save(self, model, filename, type="Q4_K_M"):
         import comfy.lora
         import folder_paths
 
         path = output_path(folder_paths.get_folder_paths("diffusion_models")[0], filename)
         n = len(model.model.diffusion_model.state_dict())
-        written = save_model_gguf(model, path, type, comfy.lora.calculate_weight, overwrite, _ComfyProgress(n))
+        written = save_model_gguf(model, path, type, comfy.lora.calculate_weight, _ComfyProgress(n))
         return {"ui": {"text": [str(written)]}}
 
 

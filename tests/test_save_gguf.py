@@ -87,14 +87,25 @@ def test_backup_weight_is_the_base_when_patches_were_applied_in_place():
     assert torch.equal(merged[name], original.float() + 1)  # ...but it is merged once, from the original
 
 
-def test_existing_file_is_refused_unless_overwrite(tmp_path):
+def test_existing_file_is_never_overwritten_a_counter_is_added(tmp_path):
+    # before: the node had an `overwrite` input, so any workflow sent to /prompt could replace any
+    # .gguf in models/diffusion_models (a loaded one included)
+    assert "overwrite" not in NODE_CLASS_MAPPINGS["ZImageSaveModelGGUF"].INPUT_TYPES()["required"]
     patcher = patcher_of(narrow_state())
     (tmp_path / "z.gguf").write_bytes(b"old")
-    with pytest.raises(SaveGGUFError, match="z.gguf already exists"):
-        save_model_gguf(patcher, tmp_path / "z.gguf", "Q8_0", add_patches)
+    assert save_model_gguf(patcher, tmp_path / "z.gguf", "Q8_0", add_patches) == tmp_path / "z_00001.gguf"
+    assert save_model_gguf(patcher, tmp_path / "z.gguf", "Q8_0", add_patches) == tmp_path / "z_00002.gguf"
     assert (tmp_path / "z.gguf").read_bytes() == b"old"
-    save_model_gguf(patcher, tmp_path / "z.gguf", "Q8_0", add_patches, overwrite=True)
-    assert load_gguf(tmp_path / "z.gguf").metadata["general.architecture"] == "lumina2"
+    assert load_gguf(tmp_path / "z_00002.gguf").metadata["general.architecture"] == "lumina2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.gguf", "z_00001.gguf", "z_00002.gguf"]
+
+
+def test_a_link_planted_under_the_name_is_left_alone(tmp_path):
+    victim = tmp_path / "elsewhere.gguf"
+    victim.write_bytes(b"precious")
+    (tmp_path / "z.gguf").symlink_to(victim)
+    assert save_model_gguf(patcher_of(narrow_state()), tmp_path / "z.gguf", "Q8_0", add_patches) == tmp_path / "z_00001.gguf"
+    assert victim.read_bytes() == b"precious" and (tmp_path / "z.gguf").is_symlink()
 
 
 def test_unknown_model_is_refused(tmp_path):

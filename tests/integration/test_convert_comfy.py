@@ -160,12 +160,11 @@ def test_save_node_round_trip_with_lora_matches_lora_on_bf16(comfy, bf16_source,
     folder_paths.add_model_folder_path("diffusion_models", str(folder), is_default=True)
     try:
         node = ZImageSaveModelGGUF()
-        result = node.save(patched, "zimage_lora-Q8_0", "Q8_0", False)
+        result = node.save(patched, "zimage_lora-Q8_0", "Q8_0")
         saved = folder / "zimage_lora-Q8_0.gguf"
         assert result["ui"]["text"] == [str(saved)] and saved.is_file()
-        assert not (folder / "zimage_lora-Q8_0.gguf.partial").exists()
-        with pytest.raises(Exception, match="already exists"):
-            node.save(patched, "zimage_lora-Q8_0", "Q8_0", False)
+        assert not list(folder.glob("*.partial"))
+        assert ZImageSaveModelGGUF.INPUT_TYPES()["required"].keys() == {"model", "filename", "type"}
     finally:
         folder_paths.folder_names_and_paths["diffusion_models"][0].remove(str(folder))
     del patched, base
