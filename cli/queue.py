@@ -22,6 +22,7 @@ from pathlib import Path
 from ..api.comfy_messages import describe_execution_failure, describe_validation_failure
 from ..api.workflow_params import SAMPLER_SEED_INPUT, WorkflowError, apply_overrides, load_api_workflow
 from ..errors import ZImageGGUFError
+from ..fileio import FileWriteError, write_bytes
 
 REQUEST_TIMEOUT_S = 30.0
 
@@ -47,7 +48,10 @@ def add_queue_parser(subparsers) -> None:
     parser.add_argument("--unet", help="diffusion model file for the diffusion-model loader (name as the loader lists it)")
     parser.add_argument("--clip", help="text encoder file for the text-encoder loader (name as the loader lists it)")
     parser.add_argument("--vae", help="VAE file for the VAE loader (name as the loader lists it)")
-    parser.add_argument("--out", help="where to save the image (default: the server's file name, in the current folder)")
+    parser.add_argument("--out", help="where to save the image (default: the base name of the server's file name, "
+                                      "in the current folder)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing file (default: keep it and number the new one, name_00001.png)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the result (default %(default)s)")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between progress checks (default %(default)s)")
 
@@ -79,7 +83,7 @@ def run_queue(args) -> int:
         outputs = wait_for_outputs(
             client, prompt_id, timeout_s=args.timeout, poll_interval_s=args.poll_interval, start=start
         )
-        for path in save_images(client, outputs, args.out):
+        for path in save_images(client, outputs, args.out, getattr(args, "overwrite", False)):
             print(f"saved {path}", flush=True)
     except (QueueCommandError, WorkflowError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -330,7 +334,23 @@ def wait_for_outputs(
         time.sleep(poll_interval_s)
 
 
-def save_images(client: ComfyClient, outputs: dict, out) -> list[Path]:
+# What the server's file name may end with: the command writes images, never e.g. `.bashrc`.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
+
+
+def safe_image_name(server_name: str) -> str:
+    """The base name of a file name the server reported, refused unless it is a plain image name:
+    the server is not trusted to choose where the image goes (`../../.bashrc` must not become `.bashrc`)."""
+    base = str(server_name).replace("\\", "/").rsplit("/", 1)[-1]
+    if not base or base.startswith(".") or "\0" in base or not base.lower().endswith(IMAGE_EXTENSIONS):
+        raise QueueCommandError(f"the server named its image {str(server_name)[:80]!r}, which is no plain image file "
+                                f"name ({', '.join(IMAGE_EXTENSIONS)}): not saved; use --out")
+    return base
+
+
+def save_images(client: ComfyClient, outputs: dict, out, overwrite: bool = False) -> list[Path]:
+    """Download every image of the outputs. Each is written atomically (fileio.AtomicWrite); an
+    existing file is kept and the new one numbered (`name_00001.png`) unless `overwrite`."""
     images = [image for node_output in outputs.values() for image in node_output.get("images", [])]
     if not images:
         raise QueueCommandError("the workflow finished but returned no image (does it end in SaveImage?)")
@@ -340,17 +360,15 @@ def save_images(client: ComfyClient, outputs: dict, out) -> list[Path]:
             {"filename": image["filename"], "subfolder": image.get("subfolder", ""), "type": image.get("type", "output")}
         )
         if out is None:
-            target = Path(image["filename"]).name
+            target = Path(safe_image_name(image["filename"]))
         elif index == 0:
-            target = out
+            target = Path(out)
         else:
             first = Path(out)
             target = first.with_name(f"{first.stem}_{index}{first.suffix}")
-        target = Path(target)
         content = client.get_bytes(f"/view?{query}")
         try:
-            target.write_bytes(content)
-        except OSError as error:
-            raise QueueCommandError(f"{target}: cannot write the image: {error.strerror}") from None
-        saved.append(target)
+            saved.append(write_bytes(target, content, overwrite=overwrite, add_counter=not overwrite))
+        except FileWriteError as error:
+            raise QueueCommandError(str(error).splitlines()[0]) from None
     return saved

@@ -281,3 +281,50 @@ def test_done_in_counts_from_the_queueing_not_from_the_last_poll(fake_server, ca
     wait_for_outputs(client, "p-1", timeout_s=600, poll_interval_s=0.01, start=queued_at)
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done in")]
     assert 136.0 <= float(line.removeprefix("done in ").removesuffix("s")) < 200
+
+
+# --- the saved file: named by the server only through its base name, never over an existing file ---
+
+def run_in(tmp_path, monkeypatch, url, *extra):
+    monkeypatch.chdir(tmp_path)
+    return run_cli([str(API_WORKFLOW), "--server", url, "--poll-interval", "0.01", *extra])
+
+
+def test_server_file_name_is_reduced_to_its_base_name(fake_server, tmp_path, monkeypatch, capsys):
+    script = FakeComfy(workflow_types())
+    script.history_entry["outputs"]["10"]["images"][0]["filename"] = "../../sub/zimg_00001_.png"
+    (tmp_path / "work").mkdir()
+    assert run_in(tmp_path / "work", monkeypatch, fake_server(script)) == 0
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["zimg_00001_.png"]
+    assert (tmp_path / "work" / "zimg_00001_.png").read_bytes() == PNG_BYTES
+
+
+@pytest.mark.parametrize("name", ["../../.bashrc", ".bashrc", "notes.txt", "..\\..\\evil.sh", "x.png/"])
+def test_server_file_name_without_an_image_extension_is_refused(fake_server, tmp_path, monkeypatch, capsys, name):
+    # before: `../../.bashrc` from the server overwrote ./.bashrc
+    (tmp_path / ".bashrc").write_bytes(b"mine")
+    script = FakeComfy(workflow_types())
+    script.history_entry["outputs"]["10"]["images"][0]["filename"] = name
+    assert run_in(tmp_path, monkeypatch, fake_server(script)) == 1
+    assert "which is no plain image file name" in one_line_error(capsys)
+    assert (tmp_path / ".bashrc").read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bashrc"]
+
+
+def test_existing_image_is_kept_and_the_new_one_numbered_unless_overwrite(fake_server, tmp_path, monkeypatch, capsys):
+    (tmp_path / "zimg_00001_.png").write_bytes(b"earlier")
+    url = fake_server(FakeComfy(workflow_types()))
+    assert run_in(tmp_path, monkeypatch, url) == 0
+    assert f"saved zimg_00001__00001.png" in capsys.readouterr().out
+    assert (tmp_path / "zimg_00001_.png").read_bytes() == b"earlier"
+    assert (tmp_path / "zimg_00001__00001.png").read_bytes() == PNG_BYTES
+    assert run_in(tmp_path, monkeypatch, url, "--out", "zimg_00001_.png", "--overwrite") == 0
+    assert (tmp_path / "zimg_00001_.png").read_bytes() == PNG_BYTES
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["zimg_00001_.png", "zimg_00001__00001.png"]
+
+
+def test_unwritable_output_folder_is_one_line(fake_server, tmp_path, capsys):
+    url = fake_server(FakeComfy(workflow_types()))
+    out = tmp_path / "missing" / "o.png"
+    assert run_cli([str(API_WORKFLOW), "--server", url, "--poll-interval", "0.01", "--out", str(out)]) == 1
+    assert one_line_error(capsys) == f"error: cannot write {out}: the folder {out.parent} does not exist"
