@@ -4,10 +4,12 @@ Importing this package needs no ComfyUI; the node classes touch ComfyUI only whe
 Under a running ComfyUI it also adds the OpenAI-style image API routes and registers the GGML
 layouts with ComfyUI's quantization layer; elsewhere those steps do nothing.
 """
-if __package__:
-    from .nodes.comfy_version import check_comfyui_version
+from importlib.util import find_spec as _find_spec
 
-    check_comfyui_version()  # under ComfyUI: refuse one too old for the loaders, in one clear line
+if __package__ and _find_spec("torch") is not None:
+    from .nodes.comfy_version import check_comfyui
+
+    check_comfyui()  # under ComfyUI: refuse one too old in one clear line; log what it lacks (comfy_compat)
 
     from .ops.reader import load_gguf
     from .nodes import loaders as _loaders, save_gguf as _save_gguf
@@ -23,4 +25,10 @@ if __package__:
 else:
     # pytest imports a checkout's root __init__.py on its own (no parent package) when the checkout's
     # folder name is no Python identifier, e.g. custom_nodes/comfyui-zimage-gguf: nothing to load then.
+    # Without torch (the light install, for `queue` and `serve`) there are no nodes and no load_gguf.
     NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+
+    def __getattr__(name):
+        if name == "load_gguf":
+            raise ImportError("load_gguf needs torch: install the full pack, pip install \"comfyui-zimage-gguf[full]\"")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

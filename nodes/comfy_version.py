@@ -1,8 +1,11 @@
-"""The oldest ComfyUI the loaders run on, checked when the pack loads under ComfyUI.
+"""What the pack checks of the running ComfyUI when it loads: its version, then its internals.
 
-The loaders pass `disable_dynamic=` to `comfy.sd.load_diffusion_model_state_dict` (ComfyUI 0.15.1+)
-and `comfy.sd.load_text_encoder_state_dicts` (0.16.0+); an older ComfyUI would fail on the first
-load with a TypeError from deep inside ComfyUI, so the pack refuses it at startup instead.
+The version floor: 0.16.0 is the first ComfyUI whose two loaders (`comfy.sd.load_diffusion_model_state_dict`
+from 0.15.1, `comfy.sd.load_text_encoder_state_dicts` from 0.16.0) take `disable_dynamic=`, which the
+pack's own layers need wherever DynamicVRAM is on; an older ComfyUI is refused at startup in one line
+instead of failing on the first load. The internals (ops/comfy_compat.py) are probed by presence and
+signature, whatever the version says: a ComfyUI newer than the pack knows is not refused, only
+reported where it lacks something.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import re
 import sys
 
 from ..errors import ZImageGGUFError
+from ..ops.comfy_compat import log_at_load
 
 MIN_COMFYUI_VERSION = (0, 16, 0)
 
@@ -30,3 +34,11 @@ def check_comfyui_version(version: str | None = None) -> None:
         f"ComfyUI {version} is too old for the Z-Image GGUF pack: update ComfyUI to {needed} or later.\n"
         f"The GGUF loaders use ComfyUI's load options from {needed} on; an older ComfyUI would fail on the first load."
     )
+
+
+def check_comfyui() -> None:
+    """When the pack loads: refuse a ComfyUI too old (ZImageGGUFError), then log, one line per
+    affected path, what the running ComfyUI lacks of the internals the pack uses. Outside ComfyUI
+    nothing happens."""
+    check_comfyui_version()
+    log_at_load()

@@ -10,6 +10,7 @@ import os
 import torch
 
 from ..errors import IncompatibleModelError, ModelDetectionError, ZImageGGUFError
+from ..ops.comfy_compat import require_loaders
 from ..ops.comfy_ops import as_gguf_patcher, comfy_load_plan
 from ..ops.dtype_policy import dtype_for
 from ..ops.reader import load_gguf
@@ -171,6 +172,7 @@ def _dtype_name(dtype) -> str:
 
 
 def load_diffusion_gguf(path, dequant_dtype=None, patch_on_device=False, device=None):
+    require_loaders()
     import comfy.sd
 
     gguf_file = load_gguf(path)
@@ -180,10 +182,11 @@ def load_diffusion_gguf(path, dequant_dtype=None, patch_on_device=False, device=
     fixes = expected_shape_fixes(info.family, {new: shapes[old] for new, old in names.items()})
     choice = dtype_for(device or "cpu", dequant_dtype)
     plan = comfy_load_plan(dequant_dtype and choice.dequant)
+    loader = comfy.sd.load_diffusion_model_state_dict
+    loader_options = plan.loader_options(loader)  # before the tensors are read: it may refuse this ComfyUI
     state_dict, stats = build_state_dict(gguf_file, plan.reported_dtype(device, choice.compute), names=names, shapes=fixes,
                                          progress=_progress_bar())
-    patcher = comfy.sd.load_diffusion_model_state_dict(
-        plan.state_dict(state_dict), model_options={"custom_operations": plan.ops}, disable_dynamic=plan.disable_dynamic)
+    patcher = loader(plan.state_dict(state_dict), model_options={"custom_operations": plan.ops}, **loader_options)
     if patcher is None:
         raise ModelDetectionError(
             f"ComfyUI did not recognise the {info.display_name} model in {os.path.basename(path)}: "
@@ -279,6 +282,7 @@ class ZImageGGUFTextEncoderLoader:
 
 
 def load_text_encoder(path, clip_type="lumina2", model_options=None, device=None):
+    require_loaders()
     import comfy.sd
     import folder_paths
 
@@ -300,6 +304,8 @@ def load_text_encoder(path, clip_type="lumina2", model_options=None, device=None
     names = {hf: cpp for cpp, hf in hf_names(arch, shapes, path).items()}
     choice = dtype_for(device or "cpu")
     plan = comfy_load_plan()
+    loader = comfy.sd.load_text_encoder_state_dicts
+    loader_options = plan.loader_options(loader)
     state_dict, stats = build_state_dict(gguf_file, plan.reported_dtype(device, choice.compute), names=names,
                                          progress=_progress_bar())
     for hf, cpp in names.items():
@@ -309,9 +315,8 @@ def load_text_encoder(path, clip_type="lumina2", model_options=None, device=None
     state_dict = plan.state_dict(state_dict)
     model_options["custom_operations"] = plan.ops
     model_options[f"{known.comfy_name}_model_config"] = comfy_config_kwargs(config)
-    clip = comfy.sd.load_text_encoder_state_dicts([state_dict], embedding_directory=embeddings,
-                                                  clip_type=clip_type_enum, model_options=model_options,
-                                                  disable_dynamic=plan.disable_dynamic)
+    clip = loader([state_dict], embedding_directory=embeddings, clip_type=clip_type_enum, model_options=model_options,
+                  **loader_options)
     clip.patcher = as_gguf_patcher(clip.patcher)
     tag_encoder(clip, {"file": os.path.basename(path), "display": known.display, "family": config.family,
                        "width": config.hidden_size})

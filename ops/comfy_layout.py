@@ -74,12 +74,11 @@ class GGMLParams:
 
 
 def available() -> bool:
-    """True when the running ComfyUI has comfy-kitchen's quantized tensors (ComfyUI >= 0.8.0 with comfy-kitchen)."""
-    try:
-        import comfy.quant_ops as quant_ops
-    except ImportError:
-        return False
-    return bool(getattr(quant_ops, "_CK_AVAILABLE", False)) and hasattr(quant_ops, "register_layout_class")
+    """True when the running ComfyUI has comfy-kitchen's quantized tensors (ComfyUI >= 0.8.0 with
+    comfy-kitchen) with every name `register()` uses (ops/comfy_compat.py's LAYOUT rows)."""
+    from .comfy_compat import probe
+
+    return probe().layout_ok
 
 
 def register_if_loaded() -> bool:

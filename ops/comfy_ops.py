@@ -36,7 +36,15 @@ class ComfyLoadPlan:
 
     uses_layout: bool
     ops: type
-    disable_dynamic: bool  # False: ComfyUI picks its patcher (ModelPatcherDynamic on NVIDIA)
+    # True: the layers need ComfyUI's plain ModelPatcher (the pack's own layers); False: ComfyUI
+    # picks its patcher (ModelPatcherDynamic under DynamicVRAM). comfy_compat.loader_options turns
+    # this into the loader's keyword arguments, passing `disable_dynamic` only where it is needed.
+    disable_dynamic: bool
+
+    def loader_options(self, loader) -> dict:
+        from .comfy_compat import loader_options
+
+        return loader_options(loader, self.disable_dynamic)
 
     def reported_dtype(self, device, compute):
         """The dtype the weights report. On the CPU ComfyUI computes in float32: weights that say
@@ -150,14 +158,16 @@ def gguf_model_patcher_class():
             n.dequant_dtype = self.dequant_dtype
             return n
 
-        def patch_weight_to_device(self, key, device_to=None, inplace_update=False, return_weight=False):
+        def patch_weight_to_device(self, key, device_to=None, inplace_update=False, return_weight=False, **options):
+            # `options`: what newer ComfyUIs add (0.3x: force_cast=True, which asks for the weight
+            # itself on the device); those calls go to ComfyUI's own method unchanged.
             weight, _, _ = comfy.model_patcher.get_key_weight(self.model, key)
             module_name, _, param = key.rpartition(".")
             module = comfy.utils.get_attr(self.model, module_name) if module_name else None
             attr = f"{param}_function"
-            if (return_weight or key not in self.patches or not _is_quantized(weight)
+            if (return_weight or any(options.values()) or key not in self.patches or not _is_quantized(weight)
                     or not hasattr(module, attr)):
-                return super().patch_weight_to_device(key, device_to, inplace_update, return_weight)
+                return super().patch_weight_to_device(key, device_to, inplace_update, return_weight, **options)
             if self.patch_on_device and device_to is not None:
                 self.patches[key] = _move_tensors(self.patches[key], device_to)
             functions = [f for f in getattr(module, attr) if not isinstance(f, QuantizedWeightPatch)]
@@ -258,11 +268,17 @@ def as_gguf_patcher(patcher, patch_on_device: bool = False, dequant_dtype=None):
 
     cls = gguf_model_patcher_class()
     if patcher.is_dynamic():
-        if type(patcher) is comfy.model_patcher.ModelPatcherDynamic:
+        dynamic = getattr(comfy.model_patcher, "ModelPatcherDynamic", None)
+        if dynamic is not None and type(patcher) is dynamic:
             patcher.__class__ = gguf_dynamic_patcher_class()
     else:
         if type(patcher) not in (comfy.model_patcher.ModelPatcher, cls):
-            raise TypeError(f"expected a plain ComfyUI ModelPatcher, got {type(patcher).__name__}")
+            from .comfy_compat import ComfyUIIncompatibleError, comfyui_version
+
+            raise ComfyUIIncompatibleError(
+                f"This ComfyUI ({comfyui_version()}) built the model with a patcher the Z-Image GGUF pack does not "
+                f"know ({type(patcher).__module__}.{type(patcher).__qualname__}): update the pack.\n"
+                "The pack applies LoRA to quantized weights through a subclass of ComfyUI's plain ModelPatcher.")
         patcher.__class__ = cls
         patcher.patch_on_device = patch_on_device
         patcher.dequant_dtype = dequant_dtype
