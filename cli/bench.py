@@ -66,14 +66,17 @@ def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
         # time, so handing it one row per block would time its Python loop, not its maths.
         raw = qt.random_blocks(n_blocks, rng).reshape(rows, -1)
         data = torch.from_numpy(raw).reshape(-1)
-        seconds, type_copy_s, out_s, copy_into_s, numpy_s = _interleaved_medians([
+        # to the same float16 output (gguf-py returns float32; for F32 a zero-copy view); gguf-py
+        # 0.19 has no class for Q1_0: its numpy column stays empty
+        with_numpy = ggml_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16) or ggml_type in gguf_quants._type_traits
+        seconds, type_copy_s, out_s, copy_into_s, *numpy_s = _interleaved_medians([
             (lambda: dequantize(data, ggml_type, (rows, cols), torch.float16), repeat),
             (baseline_src.clone, repeat),
             (lambda: dequantize(data, ggml_type, (rows, cols), torch.float16, out=out), repeat),
             (lambda: copy_target.copy_(baseline_src), repeat),
-            # to the same float16 output (gguf-py returns float32; for F32 a zero-copy view)
-            (lambda: gguf_quants.dequantize(raw, ggml_type).astype(np.float16), max(1, repeat // 3)),
+            *([(lambda: gguf_quants.dequantize(raw, ggml_type).astype(np.float16), max(1, repeat // 3))] if with_numpy else []),
         ])
+        numpy_s = numpy_s[0] if numpy_s else math.nan
         row = {
             "type": name,
             "ms": seconds * 1e3,

@@ -29,6 +29,8 @@ if importlib.util.find_spec(PACK_NAME) is None:
 
 from comfyui_zimage_gguf.ops.tensor import FALLBACKS  # noqa: E402
 
+import helpers.gguf_q1_0  # noqa: E402,F401  (gguf-py's Q1_0 reference where gguf-py lacks the class)
+
 
 @pytest.fixture(autouse=True)
 def strict_quantized_tensors():

@@ -6,6 +6,6 @@ output, and random blocks is fn(n_blocks, numpy Generator) -> uint8 array (n_blo
 of valid blocks with finite scales, for the tests and the benchmark where gguf-py cannot quantize
 the type. `ops.quant_types` turns each registration into the type's QuantType record.
 """
-from . import fp4_ternary, iquants, kquants, legacy
+from . import fp4_ternary, iquants, kquants, legacy, sign_bits
 
-MODULES = (legacy, kquants, iquants, fp4_ternary)
+MODULES = (legacy, kquants, iquants, fp4_ternary, sign_bits)

@@ -9,20 +9,31 @@ write exactly through a float32 scratch chunk, rounded once.
 `BlockFormat`, the format of most types, dequantizes as w = scale * q [+ or - min], with one
 scale (and min) per block or sub-block and q a small integer. Such a type is described by:
   - `scales`: blocks -> the per-(sub-)block scale and min, float32, as gguf-py computes them;
-  - `unpack`: blocks -> the integers q, in output order, written into float32 values;
+  - `unpack`: blocks -> the integers q (an int8/uint8 tensor, often a permuted view) whose
+    row-major order is the output order;
 and the float arithmetic happens in float32, in gguf-py's order (scale, then times q, then plus or
 minus min), so its float32 result is gguf-py's bit for bit. The I-quants (iquants.py) have their
 own ChunkFormat: codebook gathers, some of them exact in float16 too.
 
+Two ways to run the arithmetic, one per kind of device (`fused_arithmetic`):
+  - CPUs: q is copied into a float32 scratch chunk that stays in cache, multiplied (and the min
+    added) in place, then cast once into the output; float32 work is faster there than integer
+    to float16 conversion, and mixed-dtype ops would allocate temporaries per chunk.
+  - Accelerators (CUDA, ROCm, MPS): every op is a pass through device memory, so the arithmetic is
+    one op that reads q and writes the output in its own dtype: `mul(q, scale, out=)` or
+    `addcmul(+-min, q, scale, out=)`. Torch computes these in float32 (the scale is float32) and
+    rounds once into the output, and scale * q is exact in float32 for every type with a min, so
+    no fused multiply-add can change a bit: the output is the float32 result rounded once.
+    (Reasoned and tested on CPUs with the path forced; not verified on MPS, where no Mac was at hand.)
+
 Why chunks: a full-size intermediate costs a trip to main memory (and page faults when freshly
 allocated); chunks keep every intermediate in cache, so the raw bytes are read once and the
-output written once. Integers are unpacked with uint8/int8 ops (one byte per element, cheapest);
-float work happens in a float32 scratch chunk, which is also faster on CPUs than integer to
-float16 conversion.
+output written once. Integers are unpacked with uint8/int8 ops (one byte per element, cheapest).
 """
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,9 +44,10 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 # (m, type_size) uint8 blocks -> float32 scale and min (or None), (m, n_sub) each: one value
 # per equal run of block_size / n_sub elements.
 Scales = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
-# Writes the integers q of (m, type_size) uint8 blocks, in output order, into a float32
-# (m, block_size) tensor.
-Unpack = Callable[[torch.Tensor, torch.Tensor], None]
+# (m, type_size) uint8 blocks -> the integers q, an int8/uint8 tensor of shape (m, ...) whose
+# row-major order is the output order (a permuted view is fine); or, for types with one scale
+# per block, a tuple of such tensors for consecutive runs of the block.
+Unpack = Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]]
 
 
 QK_K = 256  # elements per block of the K-quants and the other 256-element types
@@ -45,6 +57,12 @@ QK_K = 256  # elements per block of the K-quants and the other 256-element types
 # types); accelerators: fewer, larger launches.
 CPU_CHUNK_ELEMENTS = 1 << 20
 ACCELERATOR_CHUNK_ELEMENTS = 1 << 24
+
+
+def fused_arithmetic(device: torch.device) -> bool:
+    """Whether a chunk's arithmetic runs as single ops writing the output (accelerators), rather
+    than as in-place passes over a float32 scratch chunk held in cache (CPUs). Tests force either."""
+    return device.type != "cpu"
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,10 @@ class ChunkFormat:
     # The chunk budget on CPUs where a type's best differs from CPU_CHUNK_ELEMENTS (measured).
     cpu_chunk_elements: int | None = None
 
+    def writes_exactly(self, dtype: torch.dtype, device: torch.device) -> bool:
+        """Whether decode writes `dtype` values exactly (float32 always) on `device`."""
+        return dtype == torch.float32 or dtype in self.exact_dtypes
+
     def decode(self, blocks: torch.Tensor, values: torch.Tensor, spare: torch.Tensor | None) -> None:
         """Write the values of (m, type_size) uint8 blocks into (m, block_size) `values` (float32 or
         an exact dtype); `spare`, if uses_spare, is a tensor like `values`."""
@@ -69,6 +91,18 @@ class ChunkFormat:
 
     def __call__(self, blocks: torch.Tensor, out: torch.Tensor) -> None:
         dequantize_blocks(blocks, out, self)
+
+
+def _per_element(factor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A (m, n_sub) per-sub-block factor as a view that broadcasts over q's `shape` (m, ...)."""
+    m, n_sub = factor.shape
+    run = math.prod(shape[1:]) // n_sub  # elements per sub-block
+    trailing = 1
+    for dim in range(len(shape) - 1, 0, -1):
+        trailing *= shape[dim]
+        if trailing == run:
+            return factor.view(m, *shape[1:dim], *([1] * (len(shape) - dim)))
+    raise ValueError(f"sub-blocks of {run} elements do not fit q's shape {tuple(shape)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,16 +114,41 @@ class BlockFormat(ChunkFormat):
     # gguf-py subtracts the K-quants' mins and adds the legacy _1 types' mins.
     subtract_min: bool = False
 
+    def writes_exactly(self, dtype: torch.dtype, device: torch.device) -> bool:
+        return fused_arithmetic(device) or super().writes_exactly(dtype, device)
+
     def decode(self, blocks: torch.Tensor, values: torch.Tensor, spare: torch.Tensor | None) -> None:
-        m = blocks.shape[0]
         scale, minimum = self.scales(blocks)
-        self.unpack(blocks, values)
-        sub_blocks = values.view(m, scale.shape[1], -1)
-        sub_blocks.mul_(scale.unsqueeze(-1))
         if minimum is not None and self.subtract_min:
-            sub_blocks.sub_(minimum.unsqueeze(-1))
-        elif minimum is not None:
-            sub_blocks.add_(minimum.unsqueeze(-1))
+            minimum = minimum.neg()
+        q = self.unpack(blocks)
+        if isinstance(q, tuple):  # consecutive runs of the block, one scale per block
+            start = 0
+            for piece in q:
+                size = math.prod(piece.shape[1:])
+                _scale_into(values[:, start : start + size].view(piece.shape), piece, scale, minimum)
+                start += size
+            return
+        run = self.block_size // scale.shape[1]  # elements per sub-block
+        if q.shape[-1] > run:
+            q = q.unflatten(-1, (-1, run))
+        _scale_into(values.view(q.shape), q, scale, minimum)
+
+
+def _scale_into(target: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None) -> None:
+    """target = scale * q [+ minimum], scale and minimum (m, n_sub) float32, in float32 arithmetic."""
+    scale = _per_element(scale, q.shape)
+    minimum = None if minimum is None else _per_element(minimum, q.shape)
+    if fused_arithmetic(target.device):
+        if minimum is None:
+            torch.mul(q, scale, out=target)
+        else:
+            torch.addcmul(minimum, q, scale, out=target)
+        return
+    target.copy_(q)
+    target.mul_(scale)
+    if minimum is not None:
+        target.add_(minimum)
 
 
 def dequantize_blocks(blocks: torch.Tensor, out: torch.Tensor, fmt: ChunkFormat) -> None:
@@ -114,7 +173,7 @@ def dequantize_blocks(blocks: torch.Tensor, out: torch.Tensor, fmt: ChunkFormat)
     rows = max(1, budget // max(block_size, fmt.widest))
     block_chunks = blocks.split(rows)
     out_chunks = out.split(rows)
-    staged = out.dtype != torch.float32 and out.dtype not in fmt.exact_dtypes
+    staged = not fmt.writes_exactly(out.dtype, device)
     values_dtype = torch.float32 if staged else out.dtype
     chunk_shape = (min(rows, n_blocks), block_size)
     scratch = torch.empty(chunk_shape, dtype=torch.float32, device=device) if staged else None
@@ -211,11 +270,14 @@ def bit_planes(raw: torch.Tensor) -> torch.Tensor:
 
 
 def planes_to_blocks(planes: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """(k, m, ...) planes -> contiguous tensor with the plane axis moved to `dim`.
+    """(k, m, ...) planes -> tensor with the plane axis moved to `dim`.
 
-    For rows of 8 or 16 bytes, stacking the planes is cheaper than letting the float32
-    conversion copy gather them (that copy pays per row, and more so with a dtype change).
+    On CPUs a contiguous stack: for rows of 8 or 16 bytes, stacking the planes is cheaper than
+    letting the float32 conversion copy gather them (that copy pays per row, and more so with a
+    dtype change). On accelerators a view: the one op that writes the output reads it in place.
     """
+    if fused_arithmetic(planes.device):
+        return planes.movedim(0, dim)
     return torch.stack(planes.unbind(0), dim=dim)
 
 

@@ -16,11 +16,11 @@ from .blocks import (
 
 # --- TQ2_0: qs[64] (four 2-bit values per byte, q + 1), d -----------------------------------
 
-def _unpack_tq2_0(blocks: torch.Tensor, values: torch.Tensor) -> None:
+def _unpack_tq2_0(blocks: torch.Tensor) -> torch.Tensor:
     m = blocks.shape[0]
-    crumbs = crumb_planes(blocks).view(torch.int8)
+    crumbs = crumb_planes(blocks[:, 0:64]).view(torch.int8)
     crumbs.sub_(1)
-    values.view(m, 2, 4, 32).copy_(crumbs[:, :, 0:64].view(4, m, 2, 32).permute(1, 2, 0, 3))
+    return crumbs.view(4, m, 2, 32).permute(1, 2, 0, 3)
 
 
 def _scales_tq2_0(blocks: torch.Tensor):
@@ -30,22 +30,28 @@ def _scales_tq2_0(blocks: torch.Tensor):
 # --- TQ1_0: qs[48] (five base-3 digits per byte), qh[4] (four digits per byte), d -------------
 # A byte holds its digits as a fixed-point fraction of 243: digit k of byte b is the integer
 # part of 3 * (b * 3^k mod 256) / 256. qs bytes 0-31 give elements k*32 + l (k = 0..4), bytes
-# 32-47 elements 160 + k*16 + l, qh bytes elements 240 + k*4 + l (k = 0..3).
+# 32-47 elements 160 + k*16 + l, qh bytes elements 240 + k*4 + l (k = 0..3). Each byte's five
+# digits minus one are looked up at once, as the int8 bytes of one int64 word.
 
 
 @device_table
-def _powers_of_three() -> np.ndarray:
-    return np.array([1, 3, 9, 27, 81], dtype=np.uint8).reshape(5, 1)
+def _ternary_digits() -> np.ndarray:
+    code = np.arange(256)
+    digits = np.zeros((256, 8), dtype=np.int8)
+    for k in range(5):
+        digits[:, k] = ((code * 3**k) % 256 * 3 >> 8) - 1
+    return digits.view("<i8").reshape(256)
 
 
-def _unpack_tq1_0(blocks: torch.Tensor, values: torch.Tensor) -> None:
+def _unpack_tq1_0(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
     m = blocks.shape[0]
-    shifted = blocks.reshape(1, -1) * _powers_of_three(blocks.device, torch.uint8)
-    # digit - 1 = floor((3x - 256) / 256), in int16 because 3x needs ten bits.
-    digits = shifted.to(torch.int16).mul_(3).sub_(256).bitwise_right_shift_(8).view(5, m, 54)
-    values[:, 0:160].view(m, 5, 32).copy_(digits[:, :, 0:32].transpose(0, 1))
-    values[:, 160:240].view(m, 5, 16).copy_(digits[:, :, 32:48].transpose(0, 1))
-    values[:, 240:256].view(m, 4, 4).copy_(digits[0:4, :, 48:52].transpose(0, 1))
+    words = _ternary_digits(blocks.device, torch.int64).index_select(0, byte_index(blocks[:, 0:52]))
+    digits = words.view(torch.int8).view(m, 52, 8)
+    return (
+        digits[:, 0:32, 0:5].transpose(1, 2),
+        digits[:, 32:48, 0:5].transpose(1, 2),
+        digits[:, 48:52, 0:4].transpose(1, 2),
+    )
 
 
 def _scales_tq1_0(blocks: torch.Tensor):
@@ -70,21 +76,17 @@ def _e2m1_doubled(nibble: np.ndarray) -> np.ndarray:
 
 
 @device_table
-def _e2m1_of_low_nibble() -> np.ndarray:
-    return _e2m1_doubled(np.arange(256) & 0x0F)
+def _e2m1_pairs() -> np.ndarray:
+    """Per byte: the doubled FP4 values of its low and high nibble, as the int8 bytes of an int16."""
+    code = np.arange(256)
+    pairs = np.stack((_e2m1_doubled(code & 0x0F), _e2m1_doubled(code >> 4)), axis=-1)
+    return pairs.view("<i2").reshape(256)
 
 
-@device_table
-def _e2m1_of_high_nibble() -> np.ndarray:
-    return _e2m1_doubled(np.arange(256) >> 4)
-
-
-def _fp4_values(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(m, w) bytes -> int8 doubled FP4 values of their low and of their high nibbles, (m, w) each."""
-    index = byte_index(raw)
-    low = _e2m1_of_low_nibble(raw.device, torch.int8).index_select(0, index)
-    high = _e2m1_of_high_nibble(raw.device, torch.int8).index_select(0, index)
-    return low.view(raw.shape), high.view(raw.shape)
+def _fp4_values(raw: torch.Tensor) -> torch.Tensor:
+    """(m, w) bytes -> (m, w, 2) int8 doubled FP4 values of their low and high nibbles."""
+    pairs = _e2m1_pairs(raw.device, torch.int16).index_select(0, byte_index(raw))
+    return pairs.view(torch.int8).view(*raw.shape, 2)
 
 
 # MXFP4: e (E8M0 exponent byte), qs[16]: element l is the low nibble of qs[l], 16 + l the high.
@@ -99,9 +101,8 @@ def _e8m0_half() -> np.ndarray:
     return bits.astype(np.uint32).view(np.float32)
 
 
-def _unpack_mxfp4(blocks: torch.Tensor, values: torch.Tensor) -> None:
-    fp4 = torch.stack(_fp4_values(blocks[:, 1:17]), dim=1)
-    values.view(fp4.shape).copy_(fp4)
+def _unpack_mxfp4(blocks: torch.Tensor) -> torch.Tensor:
+    return _fp4_values(blocks[:, 1:17]).transpose(1, 2)
 
 
 def _scales_mxfp4(blocks: torch.Tensor):
@@ -125,18 +126,16 @@ def _ue4m3_half() -> np.ndarray:
     return value.astype(np.float32)
 
 
-def _unpack_nvfp4(blocks: torch.Tensor, values: torch.Tensor) -> None:
+def _unpack_nvfp4(blocks: torch.Tensor) -> torch.Tensor:
     m = blocks.shape[0]
-    low, high = _fp4_values(blocks[:, 4:36])
-    fp4 = torch.stack((low.view(m, 4, 8), high.view(m, 4, 8)), dim=2)
-    values.view(fp4.shape).copy_(fp4)
+    return _fp4_values(blocks[:, 4:36]).view(m, 4, 8, 2).transpose(2, 3)
 
 
 def _scales_nvfp4(blocks: torch.Tensor):
     return _ue4m3_half(blocks.device, torch.float32).index_select(0, byte_index(blocks[:, 0:4])).view(-1, 4), None
 
 
-# widest: TQ1_0 multiplies every byte by 5 powers of three, TQ2_0 splits every byte in 4.
+# widest: TQ1_0 looks up 8 bytes per byte, TQ2_0 splits every byte in 4.
 
 
 def _random_mxfp4(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
@@ -153,12 +152,12 @@ def _random_nvfp4(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
 
 TYPES = {
     T.TQ1_0: (
-        BlockFormat(QK_K, scales=_scales_tq1_0, unpack=_unpack_tq1_0, widest=5 * 54),
+        BlockFormat(QK_K, scales=_scales_tq1_0, unpack=_unpack_tq1_0, widest=8 * 54),
         random_with_fp16_fields(T.TQ1_0, {52: (1.0, False)}),
     ),
     # q reaches 2
     T.TQ2_0: (
-        BlockFormat(QK_K, scales=_scales_tq2_0, unpack=_unpack_tq2_0, widest=4 * 66),
+        BlockFormat(QK_K, scales=_scales_tq2_0, unpack=_unpack_tq2_0, widest=4 * 64),
         random_with_fp16_fields(T.TQ2_0, {64: (0.5, False)}),
     ),
     T.MXFP4: (BlockFormat(32, scales=_scales_mxfp4, unpack=_unpack_mxfp4), _random_mxfp4),

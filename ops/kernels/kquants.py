@@ -56,10 +56,10 @@ def _scales_q4_k_q5_k(blocks: torch.Tensor):
 # Q2_K: scales[16] (low nibble: scale, high nibble: min of a 16-element sub-block), qs[64],
 # d, dmin. Bit pair k of qs byte 32h + l is element 128h + 32k + l.
 
-def _unpack_q2_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
+def _unpack_q2_k(blocks: torch.Tensor) -> torch.Tensor:
     m = blocks.shape[0]
     crumbs = crumb_planes(blocks)[:, :, 16:80].view(4, m, 2, 32)
-    values.view(m, 2, 4, 32).copy_(crumbs.permute(1, 2, 0, 3))
+    return crumbs.permute(1, 2, 0, 3)
 
 
 def _scales_q2_k(blocks: torch.Tensor):
@@ -73,7 +73,7 @@ def _scales_q2_k(blocks: torch.Tensor):
 # in bytes 0-7 (low nibbles: scales 0-7, high: 8-15), top 2 bits in bytes 8-11 (bit pair k
 # of byte i belongs to scale 4k + i).
 
-def _unpack_q3_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
+def _unpack_q3_k(blocks: torch.Tensor) -> torch.Tensor:
     m = blocks.shape[0]
     qs = blocks[:, 32:96].view(m, 2, 32).transpose(0, 1).contiguous()
     q = crumb_planes(qs)  # (bit pair k, half h, block, l)
@@ -81,7 +81,7 @@ def _unpack_q3_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
     q.add_(hmask.transpose(0, 1), alpha=4)
     signed = q.view(torch.int8)
     signed.sub_(4)
-    values.view(m, 2, 4, 32).copy_(signed.permute(2, 1, 0, 3))
+    return signed.permute(2, 1, 0, 3)
 
 
 def _scales_q3_k(blocks: torch.Tensor):
@@ -98,33 +98,33 @@ def _scales_q3_k(blocks: torch.Tensor):
 # elements 64c + l (low nibble) and 64c + 32 + l (high); Q5_K's bit j of qh byte l is the
 # fifth bit of element 32j + l.
 
-def _unpack_q4_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
+def _unpack_q4_k(blocks: torch.Tensor) -> torch.Tensor:
     m = blocks.shape[0]
     nibbles = nibble_planes(blocks)[:, :, 16:144].view(2, m, 4, 32)
-    values.view(m, 4, 2, 32).copy_(nibbles.permute(1, 2, 0, 3))
+    return nibbles.permute(1, 2, 0, 3)
 
 
-def _unpack_q5_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
+def _unpack_q5_k(blocks: torch.Tensor) -> torch.Tensor:
     m = blocks.shape[0]
     qs = blocks[:, 48:176].view(m, 4, 32).transpose(0, 1).contiguous()
     q = nibble_planes(qs)  # (nibble, group c, block, l)
     fifth = bit_planes(blocks[:, 16:48]).view(4, 2, m, 32)  # (c, nibble, block, l): bit 2c + nibble
     q.add_(fifth.transpose(0, 1), alpha=16)
-    values.view(m, 4, 2, 32).copy_(q.permute(2, 1, 0, 3))
+    return q.permute(2, 1, 0, 3)
 
 
 # Q6_K: ql[128], qh[64], scales[16] (int8), d. Half h (128 elements): plane k = 2 * nibble + kk
 # (32 elements) takes its low 4 bits from nibble `nibble` of ql byte 64h + 32kk + l and its
 # top 2 bits from bit pair k of qh byte 32h + l. q is stored with +32.
 
-def _unpack_q6_k(blocks: torch.Tensor, values: torch.Tensor) -> None:
+def _unpack_q6_k(blocks: torch.Tensor) -> torch.Tensor:
     m = blocks.shape[0]
     ql = blocks[:, 0:128].view(m, 2, 2, 32).permute(2, 0, 1, 3).contiguous()  # (kk, block, h, l)
     q = nibble_planes(ql)  # (nibble, kk, block, h, l)
     q.add_(crumb_planes(blocks[:, 128:192]).view(2, 2, m, 2, 32), alpha=16)
     signed = q.view(torch.int8)
     signed.sub_(32)
-    values.view(m, 2, 2, 2, 32).copy_(signed.permute(2, 3, 0, 1, 4))
+    return signed.permute(2, 3, 0, 1, 4)
 
 
 def _scales_q6_k(blocks: torch.Tensor):

@@ -64,32 +64,31 @@ def _nibble_quants(blocks: torch.Tensor, start: int) -> torch.Tensor:
     return planes_to_blocks(nibble_planes(blocks)[:, :, start : start + 16])
 
 
-def _unpack_q4_0(blocks: torch.Tensor, values: torch.Tensor) -> None:
+def _unpack_q4_0(blocks: torch.Tensor) -> torch.Tensor:
     q = _nibble_quants(blocks, 2).view(torch.int8)
     q.sub_(8)
-    values.view(q.shape).copy_(q)
+    return q
 
 
-def _unpack_q4_1(blocks: torch.Tensor, values: torch.Tensor) -> None:
-    q = _nibble_quants(blocks, 4)
-    values.view(q.shape).copy_(q)
+def _unpack_q4_1(blocks: torch.Tensor) -> torch.Tensor:
+    return _nibble_quants(blocks, 4)
 
 
 def _five_bit_unpacker(table, qh_start: int):
     """q = nibble + table entry of its bit of qh (4 bytes, element j: byte j // 8, bit j % 8)."""
 
-    def unpack(blocks: torch.Tensor, values: torch.Tensor) -> None:
+    def unpack(blocks: torch.Tensor) -> torch.Tensor:
         m = blocks.shape[0]
         fifth = table(blocks.device, torch.int64).index_select(0, byte_index(blocks[:, qh_start : qh_start + 4]))
         q = _nibble_quants(blocks, qh_start + 4)
         q += fifth.view(torch.uint8).view(m, 2, 16)
-        values.view(m, 2, 16).copy_(q.view(torch.int8))
+        return q.view(torch.int8)
 
     return unpack
 
 
-def _unpack_q8_0(blocks: torch.Tensor, values: torch.Tensor) -> None:
-    values.copy_(blocks[:, 2:34].view(torch.int8))
+def _unpack_q8_0(blocks: torch.Tensor) -> torch.Tensor:
+    return blocks[:, 2:34].view(torch.int8)
 
 
 def _fp16_scales(scale_at: int, min_at: int | None = None) -> Scales:

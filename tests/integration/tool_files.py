@@ -260,7 +260,8 @@ LLAMA_QUANTS = {q.name: q for q in (
     LlamaQuant("TQ1_0", "TQ1_0"), LlamaQuant("TQ2_0", "TQ2_0"),
     LlamaQuant("Q8_0", "MXFP4", override_type="MXFP4"), LlamaQuant("Q8_0", "NVFP4", override_type="NVFP4"),
 )}
-# Types this llama.cpp writes that gguf-py 0.19 and the pack do not read (yet).
+# Types newer than gguf-py 0.19's classes (Q1_0 read by the pack, Q2_0 not): their tests skip where
+# the installed llama-cpp-python cannot write them.
 LLAMA_NEWER_QUANTS = {q.name: q for q in (LlamaQuant("Q1_0", "Q1_0"), LlamaQuant("Q2_0", "Q2_0"))}
 
 
