@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType
 
+from ..ops.quant_types import tensor_bytes
 from ..ops.reader import load_gguf
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "comfyui_zimage_gguf" / "bench"
@@ -159,8 +160,7 @@ def _write_bench_file(path: Path) -> None:
     writer.add_file_type(LlamaFileType.MOSTLY_Q4_0)
     data_bytes = 0
     for name, shape, ggml_type in _tensor_table():
-        block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-        n_bytes = int(np.prod(shape)) // block_size * type_size
+        n_bytes = tensor_bytes(ggml_type, shape)
         writer.add_tensor_info(name, shape, np.dtype(np.float32), n_bytes, raw_dtype=ggml_type)
         data_bytes += -(-n_bytes // writer.data_alignment) * writer.data_alignment
     writer.write_header_to_file()

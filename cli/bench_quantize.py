@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
+from ..ops.quant_types import tensor_bytes
+
 TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
 
 
@@ -34,9 +36,8 @@ def load_ggml(tools_python: str) -> ctypes.CDLL:
 
 
 def ggml_quantize(ggml, ggml_type: T, weights: np.ndarray) -> np.ndarray:
-    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
     rows, columns = weights.shape
-    out = np.empty((rows, columns // block_size * type_size), dtype=np.uint8)
+    out = np.empty((rows, tensor_bytes(ggml_type, (columns,))), dtype=np.uint8)
     ggml.ggml_quantize_chunk(int(ggml_type), weights.ctypes.data, out.ctypes.data, 0, rows, columns, None)
     return out
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Union
 
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, LlamaFileType as F
+from gguf import GGMLQuantizationType as T, LlamaFileType as F
+
+from .quant_types import rows_are_whole_blocks
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ def plan_types(tensors: Mapping[str, tuple[tuple[int, ...], torch.dtype]], mix: 
                 if choice is not None:
                     ggml_type = choice(position, count) if callable(choice) else choice
                 break
-        if shape[-1] % GGML_QUANT_SIZES[ggml_type][0]:
+        if not rows_are_whole_blocks(ggml_type, shape):
             ggml_type = ROW_FALLBACK
         plan[name] = ggml_type
     return plan

@@ -8,6 +8,7 @@ float32 its values equal gguf-py's reference `gguf.quants.dequantize` bit for bi
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,7 +38,28 @@ class QuantType:
         return self.ggml_type.name
 
     def row_bytes(self, row_elements: int) -> int:
-        return row_elements // self.block_size * self.type_size
+        return tensor_bytes(self.ggml_type, (row_elements,))
+
+    def tensor_bytes(self, shape) -> int:
+        return tensor_bytes(self.ggml_type, shape)
+
+
+def rows_are_whole_blocks(ggml_type, shape) -> bool:
+    """Whether each row of a tensor of `shape` (torch order: the last dimension is a row) is a whole
+    number of `ggml_type`'s blocks, as GGML stores them. Any GGML type gguf-py knows, supported or not."""
+    block_size, _ = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    return (shape[-1] if len(shape) else 1) % block_size == 0
+
+
+def tensor_bytes(ggml_type, shape) -> int:
+    """Bytes a tensor of `shape` (torch order) takes in `ggml_type`; ValueError when its rows are not
+    whole blocks (see rows_are_whole_blocks). The one place the size formula lives."""
+    ggml_type = GGMLQuantizationType(ggml_type)
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    if not rows_are_whole_blocks(ggml_type, shape):
+        raise ValueError(f"{ggml_type.name} stores rows of whole {block_size}-element blocks; "
+                         f"a tensor of shape {list(shape)} has rows of {shape[-1]} elements")
+    return math.prod(shape) // block_size * type_size
 
 
 QUANT_TYPES: dict[GGMLQuantizationType, QuantType] = {

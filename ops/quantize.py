@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .quant_types import quant_type
+from .quant_types import quant_type, rows_are_whole_blocks
 
 
 def quantize(weights: torch.Tensor, ggml_type, chunk_elements: int | None = None,
@@ -23,7 +23,7 @@ def quantize(weights: torch.Tensor, ggml_type, chunk_elements: int | None = None
         raise UnsupportedQuantTypeError(f"this pack cannot quantize to {qt.name}; it can write "
                                         + ", ".join(t.name for t in quantizable_types()))
     row = weights.shape[-1] if weights.dim() else 1
-    if row % qt.block_size:
+    if not rows_are_whole_blocks(qt.ggml_type, weights.shape):
         raise ZImageGGUFError(f"{qt.name} stores rows of whole {qt.block_size}-element blocks; "
                               f"a row of {row} elements does not fit")
     column_blocks = None

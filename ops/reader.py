@@ -31,6 +31,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from ..errors import GGUFFormatError
+from .quant_types import rows_are_whole_blocks, tensor_bytes
 from .state_dict import build_state_dict
 
 GGUF_MAGIC = b"GGUF"
@@ -468,15 +469,13 @@ class _Scanner:
             ggml_type = self.ggml_type(type_id, what)
             relative_offset = self.u64(pos + 4, f"data offset of {what}")
             pos += 12
-            block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-            row_length = dims[0] if dims else 1
-            if row_length % block_size:
+            shape = tuple(reversed(dims))
+            if not rows_are_whole_blocks(ggml_type, shape):
                 raise self.fail(
-                    f"{what} ({ggml_type.name}) has rows of {row_length} elements, not a whole number of "
-                    f"{block_size}-element blocks"
+                    f"{what} ({ggml_type.name}) has rows of {dims[0] if dims else 1} elements, not a whole number of "
+                    f"{GGML_QUANT_SIZES[ggml_type][0]}-element blocks"
                 )
-            n_bytes = math.prod(dims) // block_size * type_size
-            tensors[name] = TensorInfo(name, ggml_type, tuple(reversed(dims)), relative_offset, n_bytes)
+            tensors[name] = TensorInfo(name, ggml_type, shape, relative_offset, tensor_bytes(ggml_type, shape))
         return tensors, pos
 
     def ggml_type(self, type_id: int, what: str) -> GGMLQuantizationType:

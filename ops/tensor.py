@@ -20,7 +20,7 @@ import torch
 from gguf import GGMLQuantizationType
 
 from .dequant import dequantize
-from .quant_types import quant_type
+from .quant_types import quant_type, rows_are_whole_blocks
 
 aten = torch.ops.aten
 _NBYTES_DESCRIPTOR = torch.Tensor.nbytes
@@ -35,13 +35,13 @@ class QuantizedTensor(torch.Tensor):
         shape = torch.Size(int(s) for s in shape)
         ggml_type = GGMLQuantizationType(ggml_type)
         qt = quant_type(ggml_type)
-        expected = math.prod(shape) // qt.block_size * qt.type_size
-        if raw.dtype != torch.uint8 or raw.numel() != expected or (shape and shape[-1] % qt.block_size):
+        expected = qt.tensor_bytes(shape) if rows_are_whole_blocks(ggml_type, shape) else None
+        if raw.dtype != torch.uint8 or raw.numel() != expected:
             from ..errors import ZImageGGUFError
 
+            needs = f"{expected} bytes" if expected is not None else f"rows of whole {qt.block_size}-element blocks"
             raise ZImageGGUFError(
-                f"{ggml_type.name} tensor of shape {list(shape)} needs {expected} bytes "
-                f"(rows a multiple of {qt.block_size}); got {raw.numel()} {raw.dtype} values"
+                f"{ggml_type.name} tensor of shape {list(shape)} needs {needs}; got {raw.numel()} {raw.dtype} values"
             )
         self = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=raw.device, requires_grad=False)
         self.raw = raw.reshape(-1)
@@ -210,9 +210,9 @@ def _new_empty(self, size, dtype=None, layout=None, device=None, pin_memory=None
     size = torch.Size(size)
     qt = quant_type(self.ggml_type)
     wants_float = dtype is not None and dtype != self.dtype
-    if wants_float or not size or size[-1] % qt.block_size:
+    if wants_float or not size or not rows_are_whole_blocks(qt.ggml_type, size):
         return torch.empty(size, dtype=dtype or self.dtype, device=device or self.device)
-    raw = torch.empty(math.prod(size) // qt.block_size * qt.type_size, dtype=torch.uint8, device=device or self.device)
+    raw = torch.empty(qt.tensor_bytes(size), dtype=torch.uint8, device=device or self.device)
     return self._rewrap(raw, shape=size)
 
 
