@@ -1,55 +1,67 @@
-"""Command line: `python -m comfyui_zimage_gguf {bench,convert,inspect,queue,serve} ...` (no ComfyUI needed)."""
+"""Command line: `python -m comfyui_zimage_gguf {bench,convert,inspect,queue,serve} ...` (no ComfyUI needed).
+
+`queue` (standard library) and `serve` (aiohttp) run from the light install; the other commands need
+torch, gguf, numpy and safetensors. Without them such a command is still listed, and running it
+prints one line saying which install to run.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
+FULL_INSTALL_MODULES = {"torch", "numpy", "gguf", "safetensors"}
+FULL_INSTALL_HINT = (
+    "needs torch, gguf, numpy and safetensors: install the full pack with "
+    "pip install \"comfyui-zimage-gguf[full]\" (from the pack folder: pip install -e \".[full]\"), "
+    "or run it with ComfyUI's Python"
+)
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m comfyui_zimage_gguf")
-    sub = parser.add_subparsers(dest="command", required=True)
+# command -> the cli module that defines add_<command>_parser and run_<command>
+COMMANDS = ("bench", "convert", "inspect", "queue", "serve")
 
-    bench = sub.add_parser("bench", help="time dequantization per GGML type and GGUF opening")
+
+def add_bench_parser(subparsers) -> None:
+    from .bench_gpu import add_gpu_check_arguments
+
+    bench = subparsers.add_parser("bench", help="time dequantization per GGML type and GGUF opening")
     bench.add_argument("--types", nargs="*", help="GGML type names (default: all)")
     bench.add_argument("--shape", default="10240x3840", help="weight shape ROWSxCOLS (default 10240x3840)")
     bench.add_argument("--repeat", type=int, default=7)
     bench.add_argument("--skip-open", action="store_true", help="skip the Qwen3-4B-shaped open benchmark")
     bench.add_argument("--cache-dir", default=None, help="where to keep the generated benchmark GGUF")
-    from .bench_gpu import add_gpu_check_arguments
-
     add_gpu_check_arguments(bench)
-    from .convert import add_convert_parser
-    from .inspect import add_inspect_parser
-    from .queue import add_queue_parser
-    from .serve import add_serve_parser
 
-    add_convert_parser(sub)
-    add_inspect_parser(sub)
-    add_queue_parser(sub)
-    add_serve_parser(sub)
 
+def _add_command(subparsers, command: str):
+    """Add `command`'s parser; return its run function, or None when the light install lacks what it needs."""
+    try:
+        if command == "bench":
+            add_bench_parser(subparsers)
+            from .bench import run_bench as run
+        else:
+            module = importlib.import_module(f"{__package__}.{command}")
+            getattr(module, f"add_{command}_parser")(subparsers)
+            run = getattr(module, f"run_{command}")
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in FULL_INSTALL_MODULES:
+            raise
+        unavailable = subparsers.add_parser(command, help=f"(not installed: {command} {FULL_INSTALL_HINT.split(':')[0]})")
+        unavailable.add_argument("ignored", nargs=argparse.REMAINDER)
+        return None
+    return run
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m comfyui_zimage_gguf")
+    sub = parser.add_subparsers(dest="command", required=True)
+    runners = {command: _add_command(sub, command) for command in COMMANDS}
     args = parser.parse_args(argv)
-    if args.command == "bench":
-        from .bench import run_bench
-
-        return run_bench(args)
-    if args.command == "convert":
-        from .convert import run_convert
-
-        return run_convert(args)
-    if args.command == "inspect":
-        from .inspect import run_inspect
-
-        return run_inspect(args)
-    if args.command == "queue":
-        from .queue import run_queue
-
-        return run_queue(args)
-    if args.command == "serve":
-        from .serve import run_serve
-
-        return run_serve(args)
-    return 2
+    run = runners[args.command]
+    if run is None:
+        print(f"error: {args.command} {FULL_INSTALL_HINT}", file=sys.stderr)
+        return 1
+    return run(args)
 
 
 if __name__ == "__main__":
