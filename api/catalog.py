@@ -4,6 +4,10 @@ The user's folder is `$ZIMAGE_GGUF_API_WORKFLOWS`, or by default `<ComfyUI user 
 api-workflows` (e.g. `ComfyUI/user/zimage-gguf/api-workflows`). The model id is the file stem; a file in
 the user's folder replaces a pack workflow of the same id. Folders are read again on every request, so a
 new file is served without a restart.
+
+The pack's edit workflow (one with a LoadImage) is no model of its own: it is the template edits run,
+with the files of the model asked for (`edit_workflow`). Installed-file models (model_catalog.py) run
+the pack's text-to-image workflow with their files (`installed_workflow`).
 """
 from __future__ import annotations
 
@@ -12,11 +16,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .workflow_params import WorkflowError, load_api_workflow
+from .openai_errors import bad_request
+from .workflow_params import MODEL_FILE_INPUTS, WorkflowError, apply_overrides, is_edit_workflow, load_api_workflow
 
 WORKFLOWS_ENV = "ZIMAGE_GGUF_API_WORKFLOWS"
 DEFAULT_SUBFOLDER = Path("zimage-gguf") / "api-workflows"
 PACK_WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows" / "api"
+PACK_GENERATE = "z_image_turbo_gguf_api"
+PACK_EDIT = "z_image_turbo_gguf_edit_api"
 
 log = logging.getLogger("comfyui_zimage_gguf.api")
 
@@ -60,6 +67,37 @@ class WorkflowCatalog:
         self._cache[path] = (mtime, served)
         return served
 
+    def _pack(self, model_id: str) -> ServedWorkflow | None:
+        path = next(iter(sorted(self.pack_folder.rglob(f"{model_id}.json"))), None) if self.pack_folder.is_dir() else None
+        return self._load(path, False) if path is not None else None
+
+    def installed_workflow(self, model) -> ServedWorkflow | None:
+        """The pack's text-to-image workflow running an installed-file model's files."""
+        pack = self._pack(PACK_GENERATE)
+        if pack is None:
+            return None
+        workflow = apply_overrides(pack.workflow, unet=model.unet, clip=model.clip, vae=model.vae).workflow
+        return ServedWorkflow(model.id, pack.path, workflow, int(model.created))
+
+    def edit_workflow(self, served: ServedWorkflow) -> dict:
+        """The graph an edit with this model runs: its own if it starts from an image, else the pack's edit
+        workflow with the model's files (read from its loaders)."""
+        if is_edit_workflow(served.workflow):
+            return served.workflow
+        files = {}
+        for parameter, loaders in MODEL_FILE_INPUTS.items():
+            for node in served.workflow.values():
+                if node["class_type"] in loaders:
+                    files[parameter] = node["inputs"].get(loaders[node["class_type"]])
+        template = self._pack(PACK_EDIT)
+        if template is None or set(files) != set(MODEL_FILE_INPUTS):
+            raise bad_request(
+                f"the model {served.id!r} cannot edit images: its workflow has no LoadImage, and no diffusion model, "
+                "text encoder and VAE loaders whose files the pack's edit workflow could use",
+                "model",
+            )
+        return apply_overrides(template.workflow, **files).workflow
+
     def workflows(self) -> dict[str, ServedWorkflow]:
         served = {}
         # The pack's folder holds its UI-format files too; only the user's folder reports what it skips.
@@ -70,8 +108,9 @@ class WorkflowCatalog:
             paths = folder.rglob("*.json") if folder == self.pack_folder else folder.glob("*.json")
             for path in sorted(paths):
                 workflow = self._load(path, report_skips)
-                if workflow is not None:
-                    served[workflow.id] = workflow
+                if workflow is None or (folder == self.pack_folder and is_edit_workflow(workflow.workflow)):
+                    continue  # the pack's edit workflow is the template edits run, not a model
+                served[workflow.id] = workflow
         return served
 
     def describe_folders(self) -> str:

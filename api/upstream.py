@@ -10,13 +10,15 @@ import asyncio
 import json
 import logging
 import secrets
+import struct
 import urllib.parse
 import uuid
 from collections import OrderedDict
 
 import aiohttp
 
-from .backend import Backend, ImageRef, Job, finished_outputs, rejection_error
+from .backend import UPLOAD_SUBFOLDER, Backend, ImageRef, Job, Preview, finished_outputs, rejection_error
+from .model_catalog import InstalledModel
 from .openai_errors import ApiError, busy
 
 log = logging.getLogger("comfyui_zimage_gguf.api")
@@ -25,6 +27,9 @@ CONNECTION_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 IMAGE_ROUTE = "/images/{token}/{name}"
 MAX_IMAGE_TOKENS = 10000
 PROGRESS_EVENTS = ("executing", "executed", "execution_success", "execution_error", "execution_interrupted")
+PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA = 1, 4  # ComfyUI's BinaryEventTypes on the websocket
+INSTALLED_MODELS_PATH = "/zimage-gguf/installed-models"  # added by the pack inside ComfyUI (inserver.py)
+INSTALLED_MODELS_TTL_S = 5.0
 
 
 class UpstreamLost(Exception):
@@ -72,6 +77,7 @@ class HttpBackend(Backend):
         self._session: aiohttp.ClientSession | None = None
         self._prober: asyncio.Task | None = None
         self._images: OrderedDict[str, tuple[Upstream, ImageRef]] = OrderedDict()
+        self._installed: tuple[float, list] = (float("-inf"), [])
 
     # --- lifecycle and health -------------------------------------------------------------------------
 
@@ -148,18 +154,64 @@ class HttpBackend(Backend):
 
     # --- jobs -----------------------------------------------------------------------------------------
 
-    async def submit(self, workflow: dict) -> Job:
-        job = Job(prompt_id="", client_id=uuid.uuid4().hex, workflow=workflow)
+    async def submit(self, workflow: dict, *, uploads: dict | None = None, previews: bool = False) -> Job:
+        job = Job(prompt_id="", client_id=uuid.uuid4().hex, workflow=workflow, uploads=dict(uploads or {}),
+                  previews=asyncio.Queue() if previews else None)
         await self._submit_somewhere(job)
         return job
+
+    async def _upload(self, upstream: Upstream, job: Job) -> None:
+        """Store the job's input images on the server with its POST /upload/image (input folder)."""
+        for stored_name, content in job.uploads.items():
+            subfolder, _, name = stored_name.rpartition("/")
+            form = aiohttp.FormData()
+            form.add_field("image", content, filename=name, content_type="image/png")
+            form.add_field("subfolder", subfolder or UPLOAD_SUBFOLDER)
+            form.add_field("type", "input")
+            form.add_field("overwrite", "true")
+            async with self._session.post(upstream.base_url + "/upload/image", data=form) as response:
+                if response.status != 200:
+                    raise ApiError(502, f"ComfyUI at {upstream.base_url} refused the uploaded image "
+                                        f"(HTTP {response.status})", type="server_error", code="upstream_error")
+                answer = await response.json(content_type=None)
+            stored = "/".join(part for part in (answer.get("subfolder"), answer.get("name")) if part)
+            if stored != stored_name:  # ComfyUI renamed it: point the workflow's loaders at the new name
+                for node in job.workflow.values():
+                    if node.get("class_type") == "LoadImage" and node["inputs"].get("image") == stored_name:
+                        node["inputs"]["image"] = stored
+
+    async def installed_models(self) -> list:
+        """The model ids the files on the first answering server make (its pack's installed-models route),
+        cached a few seconds; none when no server has the route."""
+        loop = asyncio.get_running_loop()
+        fetched_at, models = self._installed
+        if loop.time() - fetched_at < INSTALLED_MODELS_TTL_S:
+            return models
+        models = []
+        for upstream in [u for u in self.upstreams if u.alive] or self.upstreams:
+            try:
+                async with self._session.get(upstream.base_url + INSTALLED_MODELS_PATH) as response:
+                    if response.status != 200:
+                        continue
+                    body = await response.json(content_type=None)
+                models = [InstalledModel(**{key: entry[key] for key in ("id", "unet", "clip", "vae", "created")})
+                          for entry in body.get("models", [])]
+                break
+            except CONNECTION_ERRORS + (ValueError, KeyError, TypeError, AttributeError):
+                continue
+        self._installed = (loop.time(), models)
+        return models
 
     async def _submit_somewhere(self, job: Job) -> None:
         while True:
             upstream = await self._pick(exclude=job.tried)
             job.tried.append(upstream)
             prompt_id = str(uuid.uuid4())
-            payload = {"prompt": job.workflow, "client_id": job.client_id, "prompt_id": prompt_id}
+            payload = {"prompt": job.workflow, "client_id": job.client_id, "prompt_id": prompt_id,
+                       "extra_data": job.extra_data()}
             try:
+                if job.uploads:
+                    await self._upload(upstream, job)
                 async with self._session.post(upstream.base_url + "/prompt", json=payload) as response:
                     status = response.status
                     body = await response.json(content_type=None)
@@ -167,6 +219,9 @@ class HttpBackend(Backend):
                 upstream.in_flight -= 1
                 self._mark_down(upstream, error)
                 continue
+            except ApiError:
+                upstream.in_flight -= 1
+                raise
             except ValueError:
                 upstream.in_flight -= 1
                 raise rejection_error(f"{upstream.base_url}/prompt answered HTTP {status} with non-JSON") from None
@@ -220,13 +275,29 @@ class HttpBackend(Backend):
                     outputs = finished_outputs(entry)
                     if outputs is not None:
                         return outputs
-                await self._next_event(socket, prompt_id)
+                await self._next_event(socket, job)
         finally:
             if socket is not None:
                 await socket.close()
 
-    async def _next_event(self, socket, prompt_id: str) -> None:
-        """Return on a websocket event about the prompt, or after the poll interval."""
+    @staticmethod
+    def _queue_preview(job: Job, data: bytes, step: tuple[int, int]) -> None:
+        """A binary websocket frame: queue it on the job when it is a preview image."""
+        if job.previews is None or len(data) < 8:
+            return
+        (event,) = struct.unpack(">I", data[:4])
+        if event == PREVIEW_IMAGE:
+            image = data[8:]  # after the event type and the image type (1 JPEG, 2 PNG)
+        elif event == PREVIEW_IMAGE_WITH_METADATA:
+            (length,) = struct.unpack(">I", data[4:8])
+            image = data[8 + length:]
+        else:
+            return
+        job.previews.put_nowait(Preview(step[0], step[1], image))
+
+    async def _next_event(self, socket, job: Job) -> None:
+        """Return on a websocket event about the prompt, or after the poll interval; queue previews."""
+        prompt_id = job.prompt_id
         if socket is None or socket.closed:
             await asyncio.sleep(self.poll_interval_s / 4)
             return
@@ -239,13 +310,19 @@ class HttpBackend(Backend):
                 return
             if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                 return
+            if message.type == aiohttp.WSMsgType.BINARY:
+                self._queue_preview(job, message.data, job.step)
+                continue
             if message.type != aiohttp.WSMsgType.TEXT:
-                continue  # binary preview frames
+                continue
             try:
                 event = json.loads(message.data)
             except ValueError:
                 continue
             data = event.get("data") if isinstance(event, dict) else None
+            if event.get("type") == "progress" and isinstance(data, dict) and data.get("prompt_id") == prompt_id:
+                job.step = (int(data.get("value") or 0), int(data.get("max") or 0))
+                continue
             if event.get("type") in PROGRESS_EVENTS and isinstance(data, dict) and data.get("prompt_id") == prompt_id:
                 return
 

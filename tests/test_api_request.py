@@ -19,7 +19,7 @@ def test_openai_fields_and_extensions_are_read_and_unknown_fields_ignored():
     })
     assert request == GenerationRequest(
         model="m", prompt="p", n=2, width=1024, height=768, response_format="url", seed=2**64 - 1, steps=8,
-        negative_prompt="n",
+        negative_prompt="n", quality="hd",
     )
 
 
