@@ -36,14 +36,23 @@ def read_key_file(path) -> str:
 
 
 def resolve_api_key(key: str | None = None, key_file=None, environ=os.environ) -> str | None:
-    """The first of: the key given, the key file given, $ZIMAGE_GGUF_API_KEY, $ZIMAGE_GGUF_API_KEY_FILE."""
-    if key:
+    """The first of: the key given, the key file given, $ZIMAGE_GGUF_API_KEY, $ZIMAGE_GGUF_API_KEY_FILE.
+
+    A key that is given but empty (`--api-key ""`, `ZIMAGE_GGUF_API_KEY=`, an empty file) is an
+    error, never "no key": whoever set it meant to close the API, and an empty key would leave it open."""
+    if key is not None:
+        if not key.strip():
+            raise ApiConfigError("the API key given is empty: give a non-empty key, or none to leave the API open")
         return key
-    if key_file:
+    if key_file is not None:
         return read_key_file(key_file)
-    if environ.get(KEY_ENV):
+    if KEY_ENV in environ:
+        if not environ[KEY_ENV].strip():
+            raise ApiConfigError(f"{KEY_ENV} is set but empty: set a non-empty key, or unset it to leave the API open")
         return environ[KEY_ENV]
-    if environ.get(KEY_FILE_ENV):
+    if KEY_FILE_ENV in environ:
+        if not environ[KEY_FILE_ENV].strip():
+            raise ApiConfigError(f"{KEY_FILE_ENV} is set but empty: name the key file, or unset it")
         return read_key_file(environ[KEY_FILE_ENV])
     return None
 

@@ -19,7 +19,7 @@ import aiohttp
 
 from .backend import UPLOAD_SUBFOLDER, Backend, ImageRef, Job, Preview, finished_outputs, rejection_error
 from .model_catalog import InstalledModel
-from .openai_errors import ApiError, busy
+from .openai_errors import ApiError, busy, redact_url
 
 log = logging.getLogger("comfyui_zimage_gguf.api")
 
@@ -50,7 +50,7 @@ class Upstream:
         return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws"
 
     def __repr__(self) -> str:
-        return self.base_url
+        return redact_url(self.base_url)
 
 
 class HttpBackend(Backend):
@@ -64,6 +64,7 @@ class HttpBackend(Backend):
         poll_interval_s: float = 2.0,
         lost_after_failures: int = 3,
         retry_after_s: int = 10,
+        url_ttl_s: float = 3600.0,
     ):
         if not urls:
             raise ValueError("at least one ComfyUI server URL is needed")
@@ -74,9 +75,10 @@ class HttpBackend(Backend):
         self.poll_interval_s = poll_interval_s
         self.lost_after_failures = lost_after_failures
         self.retry_after_s = retry_after_s
+        self.url_ttl_s = url_ttl_s  # how long an image link (response_format=url) serves its image
         self._session: aiohttp.ClientSession | None = None
         self._prober: asyncio.Task | None = None
-        self._images: OrderedDict[str, tuple[Upstream, ImageRef]] = OrderedDict()
+        self._images: OrderedDict[str, tuple[Upstream, ImageRef, float]] = OrderedDict()  # token -> ..., expiry
         self._installed: tuple[float, list] = (float("-inf"), [])
 
     # --- lifecycle and health -------------------------------------------------------------------------
@@ -241,10 +243,13 @@ class HttpBackend(Backend):
                 except UpstreamLost as lost:
                     self._mark_down(job.upstream, lost)
                     log.warning(
-                        "image API: lost ComfyUI at %s while prompt %s ran; queueing it on another server",
+                        "image API: lost ComfyUI at %s while prompt %s ran; cancelling it there and queueing it "
+                        "on another server",
                         job.upstream.base_url,
                         job.prompt_id,
                     )
+                    # A server judged lost may only be slow: without this the job could run on both.
+                    await self._cancel_left_behind(job)
                     await self._submit_somewhere(job)
         finally:
             job.upstream.in_flight -= 1
@@ -329,12 +334,25 @@ class HttpBackend(Backend):
     async def cancel(self, job: Job) -> None:
         if job.upstream is None:
             return
-        base = job.upstream.base_url
-        async with self._session.post(base + "/queue", json={"delete": [job.prompt_id]}) as response:
+        await self._cancel_on(job.upstream, job.prompt_id)
+
+    async def _cancel_on(self, upstream: Upstream, prompt_id: str, timeout_s: float | None = None) -> None:
+        timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s is not None else None
+        async with self._session.post(upstream.base_url + "/queue", json={"delete": [prompt_id]},
+                                      timeout=timeout) as response:
             response.raise_for_status()
         # Interrupts only when this prompt is the one running (ComfyUI checks the id).
-        async with self._session.post(base + "/interrupt", json={"prompt_id": job.prompt_id}) as response:
+        async with self._session.post(upstream.base_url + "/interrupt", json={"prompt_id": prompt_id},
+                                      timeout=timeout) as response:
             response.raise_for_status()
+
+    async def _cancel_left_behind(self, job: Job) -> None:
+        """Remove (or interrupt) the job on the server it is leaving, as far as that server answers."""
+        try:
+            await self._cancel_on(job.upstream, job.prompt_id, self.probe_timeout_s)
+        except CONNECTION_ERRORS as error:
+            log.warning("image API: could not cancel prompt %s on ComfyUI at %s (%s); it may still run there",
+                        job.prompt_id, job.upstream.base_url, error or type(error).__name__)
 
     # --- images ---------------------------------------------------------------------------------------
 
@@ -363,10 +381,13 @@ class HttpBackend(Backend):
         return (await self._fetch_image(job.upstream, image))[0]
 
     def image_url(self, base_url: str, job: Job, image: ImageRef) -> str:
+        """A link that serves the image for url_ttl_s seconds (an unguessable token; the newest
+        MAX_IMAGE_TOKENS links are kept)."""
+        now = asyncio.get_running_loop().time()
+        while self._images and (len(self._images) >= MAX_IMAGE_TOKENS or next(iter(self._images.values()))[2] <= now):
+            self._images.popitem(last=False)  # oldest first: they expire in the order they were made
         token = secrets.token_urlsafe(24)
-        self._images[token] = (job.upstream, image)
-        while len(self._images) > MAX_IMAGE_TOKENS:
-            self._images.popitem(last=False)
+        self._images[token] = (job.upstream, image, now + self.url_ttl_s)
         return f"{base_url}/images/{token}/{urllib.parse.quote(image.filename)}"
 
     async def serve_image(self, request) -> "aiohttp.web.StreamResponse":
@@ -374,10 +395,13 @@ class HttpBackend(Backend):
         from aiohttp import web
 
         found = self._images.get(request.match_info["token"])
+        if found is not None and found[2] <= asyncio.get_running_loop().time():
+            del self._images[request.match_info["token"]]
+            found = None
         if found is None:
             raise web.HTTPNotFound(text="no such image (unknown or expired link)")
         try:
-            content, content_type = await self._fetch_image(*found)
+            content, content_type = await self._fetch_image(found[0], found[1])
         except ApiError as error:
             return web.json_response(error.body(), status=error.status)
         return web.Response(body=content, content_type=content_type)

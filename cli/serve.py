@@ -38,6 +38,15 @@ def add_serve_parser(subparsers) -> None:
         help="requests queued or running at once; more get 429 with Retry-After (default %(default)s)",
     )
     parser.add_argument(
+        "--allow-origin", metavar="ORIGIN",
+        help="let web pages from this origin (e.g. http://localhost:3000, or *) call the API from a browser "
+        "(CORS); default: cross-site browser requests are refused",
+    )
+    parser.add_argument(
+        "--url-ttl", type=float, default=3600.0,
+        help="seconds an image link (response_format=url) stays valid (default %(default)s)",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=600.0,
         help="seconds one request may wait for its images; then 504 and the run is removed (default %(default)s)",
     )
@@ -47,6 +56,7 @@ def run_serve(args) -> int:
     from ..api.auth import ApiConfigError, resolve_api_key
     from ..api.bridge import build_bridge_app, is_loopback_host
     from ..api.catalog import WorkflowCatalog, default_user_folder
+    from ..api.request_checks import RequestPolicy
     from ..api.service import ApiSettings
     from ..api.upstream import HttpBackend
 
@@ -63,15 +73,17 @@ def run_serve(args) -> int:
             file=sys.stderr,
         )
         return 1
-    if args.max_waiting < 1 or args.timeout <= 0:
-        print("error: --max-waiting must be at least 1 and --timeout above 0", file=sys.stderr)
+    if args.max_waiting < 1 or args.timeout <= 0 or args.url_ttl <= 0:
+        print("error: --max-waiting must be at least 1, --timeout and --url-ttl above 0", file=sys.stderr)
         return 1
     user_folder = Path(args.workflows).expanduser() if args.workflows else default_user_folder(environ=os.environ)
     if user_folder is not None and not user_folder.is_dir():
         print(f"error: {user_folder}: the workflows folder does not exist", file=sys.stderr)
         return 1
     settings = ApiSettings(api_key=api_key, max_waiting=args.max_waiting, timeout_s=args.timeout)
-    app = build_bridge_app(HttpBackend(args.comfyui), WorkflowCatalog(user_folder), settings)
+    policy = RequestPolicy(loopback_only=is_loopback_host(args.host), allow_origin=args.allow_origin)
+    backend = HttpBackend(args.comfyui, url_ttl_s=args.url_ttl)
+    app = build_bridge_app(backend, WorkflowCatalog(user_folder), settings, policy)
     try:
         asyncio.run(_serve(app, args.host, args.port))
     except PortInUse:

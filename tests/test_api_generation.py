@@ -222,7 +222,7 @@ def test_client_that_disconnects_gets_its_queued_prompt_removed():
         with socket.create_connection(("127.0.0.1", server.port)) as connection:
             body = b'{"model": "%s", "prompt": "leaving", "size": "64x64"}' % MODEL.encode()
             connection.sendall(
-                b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
             )
             deadline = time.monotonic() + 5
