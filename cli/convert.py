@@ -21,13 +21,16 @@ from typing import Callable
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType as T, GGUFWriter
+from gguf import GGML_QUANT_VERSION, GGMLQuantizationType as T, GGUFWriter
 
 from ..errors import ZImageGGUFError
+from ..ops.quant_types import tensor_bytes
+
+# Every GGUF this pack writes (convert, Save Model as GGUF) says so, for `inspect` and for people.
+MADE_BY_KEY, MADE_BY = "general.quantized_by", "comfyui-zimage-gguf"
 
 # Diffusion families this converter writes, and the architecture / type rules city96 uses for them.
 ARCHITECTURES = {"zimage": "lumina2", "lumina2": "lumina2", "nextdit": "lumina2"}
-SOURCE_DTYPES = {torch.float32, torch.float16, torch.bfloat16}
 
 
 class ConvertError(ZImageGGUFError):
@@ -346,10 +349,6 @@ def _diffusion_tensors(source: Source) -> tuple[str, list[SourceTensor]]:
     return architecture, kept
 
 
-def _nbytes(ggml_type: T, shape) -> int:
-    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-    return math.prod(shape) // block_size * type_size
-
 
 def _encode(values: torch.Tensor, ggml_type: T, imatrix: torch.Tensor | None = None) -> np.ndarray:
     from ..ops import quantize
@@ -382,23 +381,35 @@ def _tensor_imatrix(imatrix: dict | None, name: str, shape, ggml_type: T) -> tor
 
 
 class Progress:
-    """One updating line on stderr: tensors, bytes written, ETA."""
+    """Progress on stderr counted in work: the weights' elements quantized so far (a tensor's cost
+    grows with its elements, not with its output bytes, which a Q8_0 embedder and a Q4_K block
+    matrix make very different). A terminal gets one line updated in place; a pipe or log file gets
+    a plain line every `log_every_s` seconds and at the end."""
 
-    def __init__(self, total_tensors: int, total_bytes: int, stream=None):
-        self.total_tensors, self.total_bytes = total_tensors, total_bytes
+    def __init__(self, total_tensors: int, total_elements: int, stream=None, log_every_s: float = 10.0):
+        self.total_tensors, self.total_elements = total_tensors, max(total_elements, 1)
         self.stream = stream or sys.stderr
-        self.start = time.monotonic()
-        self.done_bytes = 0
+        self.in_place = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.log_every_s = log_every_s
+        self.start = self.last_line = time.monotonic()
+        self.done_elements = 0
 
-    def update(self, index: int, name: str, nbytes: int) -> None:
-        self.done_bytes += nbytes
-        elapsed = time.monotonic() - self.start
-        rate = self.done_bytes / elapsed if elapsed > 0 else 0.0
-        eta = (self.total_bytes - self.done_bytes) / rate if rate > 0 else 0.0
-        self.stream.write(f"\r[{index}/{self.total_tensors}] {self.done_bytes / 1e9:.2f}/{self.total_bytes / 1e9:.2f} GB "
-                          f"ETA {int(eta) // 60}:{int(eta) % 60:02d}  {name[:60]:<60}")
-        if index == self.total_tensors:
-            self.stream.write(f"\ndone in {elapsed:.1f} s\n")
+    def update(self, index: int, name: str, n_elements: int) -> None:
+        self.done_elements += n_elements
+        now = time.monotonic()
+        elapsed = now - self.start
+        share = self.done_elements / self.total_elements
+        eta = elapsed * (1 - share) / share if share > 0 else 0.0
+        line = (f"[{index}/{self.total_tensors}] {100 * share:5.1f}% of the weights, "
+                f"ETA {int(eta) // 60}:{int(eta) % 60:02d}  {name[:60]}")
+        finished = index == self.total_tensors
+        if self.in_place:
+            self.stream.write(f"\r{line:<100}" + ("\n" if finished else ""))
+        elif finished or now - self.last_line >= self.log_every_s:
+            self.stream.write(line + "\n")
+            self.last_line = now
+        if finished:
+            self.stream.write(f"done in {elapsed:.1f} s\n")
         self.stream.flush()
 
 
@@ -424,7 +435,7 @@ def write_gguf(out_path, architecture: str, mix: str, tensors: list[tuple[str, t
     from ..ops.quant_rules import MIXES
 
     out_path = check_target(out_path, overwrite or add_counter)
-    total = sum(_nbytes(t, shape) for _, shape, t, _ in tensors)
+    total = sum(tensor_bytes(t, shape) for _, shape, t, _ in tensors)
     free = shutil.disk_usage(out_path.parent).free
     if free < total + (1 << 20):
         raise ConvertError(f"not enough disk space for {out_path.name}: it needs {total / 1e9:.2f} GB, "
@@ -434,10 +445,11 @@ def write_gguf(out_path, architecture: str, mix: str, tensors: list[tuple[str, t
     writer = GGUFWriter(None, arch=architecture)
     writer.add_file_type(int(MIXES[mix].file_type))
     writer.add_quantization_version(GGML_QUANT_VERSION)
+    writer.add_string(MADE_BY_KEY, MADE_BY)
     if metadata:
         metadata(writer)
     for name, shape, ggml_type, _ in tensors:
-        writer.add_tensor_info(name, shape, np.dtype(np.float32), _nbytes(ggml_type, shape), raw_dtype=ggml_type)
+        writer.add_tensor_info(name, shape, np.dtype(np.float32), tensor_bytes(ggml_type, shape), raw_dtype=ggml_type)
     with target as file:
         _write_into(writer, file)
         writer.write_header_to_file()
@@ -448,7 +460,7 @@ def write_gguf(out_path, architecture: str, mix: str, tensors: list[tuple[str, t
                     else _encode(load(), ggml_type, weights[name]))
             writer.write_tensor_data(data)
             if progress:
-                progress.update(index, name, data.nbytes)
+                progress.update(index, name, math.prod(shape))
     return target.path
 
 
@@ -489,7 +501,7 @@ def convert(src, out, mix: str = "Q4_K_M", overwrite: bool = False, progress: bo
                  f"quantizations; convert the original BF16/F16 file if you have it")
         plan = plan_types({t.name: (t.shape, t.dtype) for t in tensors}, mix, architecture)
         jobs = [(t.name, t.shape, plan[t.name], t.load) for t in tensors]
-        meter = Progress(len(jobs), sum(_nbytes(ty, shape) for _, shape, ty, _ in jobs)) if progress else None
+        meter = Progress(len(jobs), sum(math.prod(shape) for _, shape, _, _ in jobs)) if progress else None
         return write_gguf(out, architecture, mix, jobs, meter, overwrite, extra_metadata, importance)
     finally:
         source.close()

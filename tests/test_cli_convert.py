@@ -99,7 +99,51 @@ def test_cli_progress_and_output(tmp_path, capsys):
     assert main(["convert", str(src), str(tmp_path / "z.gguf"), "--type", "Q6_K"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == str(tmp_path / "z.gguf")
-    assert "GB ETA" in captured.err and "done in" in captured.err
+    assert "% of the weights, ETA" in captured.err and "done in" in captured.err
+    assert "\r" not in captured.err  # captured stderr is no terminal: plain lines
+    assert load_gguf_metadata(tmp_path / "z.gguf")["general.quantized_by"] == "comfyui-zimage-gguf"
+
+
+def load_gguf_metadata(path) -> dict:
+    with load_gguf(path) as gguf_file:
+        return dict(gguf_file.metadata)
+
+
+class FakeStream:
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, ""
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def test_progress_counts_elements_and_updates_in_place_only_on_a_terminal(monkeypatch):
+    from comfyui_zimage_gguf.cli import convert as convert_module
+
+    clock = iter([0.0, 10.0, 20.0, 30.0, 40.0])
+    monkeypatch.setattr(convert_module.time, "monotonic", lambda: next(clock))
+    terminal = FakeStream(tty=True)
+    progress = convert_module.Progress(3, 400, stream=terminal)
+    progress.update(1, "a", 100)  # a quarter of the work in 10 s: 30 s to go
+    assert terminal.text.startswith("\r[1/3]  25.0% of the weights, ETA 0:30  a")
+    progress.update(2, "b", 100)
+    progress.update(3, "c", 200)
+    assert terminal.text.count("\n") == 2 and terminal.text.endswith("done in 30.0 s\n")
+
+    clock = iter([0.0, 1.0, 12.0, 13.0])
+    log = FakeStream(tty=False)
+    progress = convert_module.Progress(3, 300, stream=log, log_every_s=10)
+    for index, name in enumerate("abc", 1):
+        progress.update(index, name, 100)
+    assert "\r" not in log.text
+    assert log.text.splitlines() == ["[2/3]  66.7% of the weights, ETA 0:06  b",
+                                     "[3/3] 100.0% of the weights, ETA 0:00  c", "done in 13.0 s"]
 
 
 def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys):
