@@ -6,6 +6,11 @@ a time, history entries with status messages, websocket events to the submitting
 `run_seconds`; its images are solid PNGs whose colour is a hash of (prompt text, seed, batch index), so
 a test can tell whose image it got. A prompt text starting with "FAIL:" makes the run fail with the
 rest of the text as the exception message.
+
+Edits: POST /upload/image stores files (kept in `uploads`); a LoadImage naming a file not uploaded fails
+validation, and an edit's output has the uploaded image's size. A prompt whose extra_data asks for a
+preview_method gets, per sampler step, a "progress" event and a binary PREVIEW_IMAGE frame (a PNG of the
+step's grey level) on its client's websocket. GET /zimage-gguf/installed-models answers `installed`.
 """
 from __future__ import annotations
 
@@ -13,10 +18,11 @@ import asyncio
 import hashlib
 import itertools
 import json
+import struct
 
 from aiohttp import WSMsgType, web
 
-from .png import solid_png
+from .png import png_size, solid_png
 
 MODEL_FILES = {
     "unet_name": {"z_image_turbo-Q8_0.gguf"},
@@ -26,8 +32,10 @@ MODEL_FILES = {
 NODE_TYPES = {
     "ZImageGGUFDiffusionModelLoader", "ZImageGGUFTextEncoderLoader", "VAELoader", "EmptySD3LatentImage",
     "EmptyLatentImage", "CLIPTextEncode", "ConditioningZeroOut", "ModelSamplingAuraFlow", "KSampler",
-    "KSamplerAdvanced", "VAEDecode", "SaveImage",
+    "KSamplerAdvanced", "VAEDecode", "SaveImage", "LoadImage", "VAEEncode", "SetLatentNoiseMask",
+    "RepeatLatentBatch",
 }
+PREVIEW_STEPS = 8  # steps a fake run reports when previews are asked for
 FAILED_EXCEPTION_TYPE = "custom_nodes.comfyui_zimage_gguf.errors.IncompatibleModelError"
 
 
@@ -47,6 +55,9 @@ class FakeComfyUI:
         self.deleted: list[str] = []
         self.interrupted: list[str] = []
         self.sockets: dict[str, list[web.WebSocketResponse]] = {}
+        self.uploads: dict[str, bytes] = {}  # "subfolder/name" -> bytes, as POST /upload/image stored them
+        self.extra_data: list[dict] = []  # every POST /prompt's extra_data, in order
+        self.installed: list[dict] | None = None  # GET /zimage-gguf/installed-models; None: 404 (no pack)
         self._numbers = itertools.count()
         self._files = itertools.count(1)
         self._wake = asyncio.Event()
@@ -61,6 +72,8 @@ class FakeComfyUI:
         self.app.router.add_post("/queue", self.post_queue)
         self.app.router.add_post("/interrupt", self.interrupt)
         self.app.router.add_get("/ws", self.websocket)
+        self.app.router.add_post("/upload/image", self.upload_image)
+        self.app.router.add_get("/zimage-gguf/installed-models", self.installed_models)
         self.app.on_startup.append(self._start_worker)
         self.app.on_shutdown.append(self._stop)
 
@@ -70,6 +83,7 @@ class FakeComfyUI:
         body = await request.json()
         workflow = body["prompt"]
         self.received.append(workflow)
+        self.extra_data.append(body.get("extra_data") or {})
         node_errors = {}
         for node_id, node in workflow.items():
             errors = []
@@ -80,6 +94,10 @@ class FakeComfyUI:
                                "extra_info": {}}, "node_errors": {}},
                     status=400,
                 )
+            if node["class_type"] == "LoadImage" and node["inputs"].get("image") not in self.uploads:
+                errors.append({"type": "custom_validation_failed", "message": "Custom validation failed for node",
+                               "details": f"image - Invalid image file: {node['inputs'].get('image')}",
+                               "extra_info": {"input_name": "image"}})
             for name, value in node["inputs"].items():
                 if name in MODEL_FILES and value not in MODEL_FILES[name]:
                     errors.append({
@@ -95,9 +113,23 @@ class FakeComfyUI:
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
         prompt_id = str(body.get("prompt_id") or f"{self.name}-{len(self.received)}")
         number = next(self._numbers)
-        self.pending.append((number, prompt_id, workflow, {"client_id": body.get("client_id")}, []))
+        extra = {"client_id": body.get("client_id"), **(body.get("extra_data") or {})}
+        self.pending.append((number, prompt_id, workflow, extra, []))
         self._wake.set()
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+
+    async def upload_image(self, request):
+        form = await request.post()
+        image = form["image"]
+        subfolder = form.get("subfolder", "")
+        name = "/".join(part for part in (subfolder, image.filename) if part)
+        self.uploads[name] = image.file.read()
+        return web.json_response({"name": image.filename, "subfolder": subfolder, "type": form.get("type", "input")})
+
+    async def installed_models(self, request):
+        if self.installed is None:
+            return web.Response(status=404)
+        return web.json_response({"models": self.installed})
 
     async def get_prompt(self, request):
         return web.json_response({"exec_info": {"queue_remaining": len(self.pending) + (self.running is not None)}})
@@ -187,6 +219,8 @@ class FakeComfyUI:
             self._interrupt = False
             waited = 0.0
             run_seconds = extra.get("run_seconds", self.run_seconds)
+            if extra.get("preview_method") not in (None, "none", "default"):
+                await self._send_previews(client_id, prompt_id)
             while waited < run_seconds and not self._interrupt:
                 await asyncio.sleep(0.02)
                 waited += 0.02
@@ -194,12 +228,29 @@ class FakeComfyUI:
             self.running = None
             await self._send(client_id, "executing", {"node": None, "prompt_id": prompt_id})
 
+    async def _send_previews(self, client_id, prompt_id: str) -> None:
+        for step in range(1, PREVIEW_STEPS + 1):
+            await self._send(client_id, "progress", {"value": step, "max": PREVIEW_STEPS, "prompt_id": prompt_id,
+                                                     "node": "8"})
+            grey = 255 * step // PREVIEW_STEPS
+            frame = struct.pack(">II", 1, 2) + solid_png(16, 16, (grey, grey, grey))  # PREVIEW_IMAGE, PNG
+            for socket in list(self.sockets.get(client_id, [])):
+                try:
+                    await socket.send_bytes(frame)
+                except ConnectionError:
+                    pass
+
     def _finish(self, prompt_id: str, workflow: dict) -> dict:
         nodes = workflow.values()
         text = next((n["inputs"]["text"] for n in nodes if n["class_type"] == "CLIPTextEncode"), "")
         sampler = next((n["inputs"] for n in nodes if n["class_type"] in ("KSampler", "KSamplerAdvanced")), {})
         seed = sampler.get("seed", sampler.get("noise_seed", 0))
         latent = next((n["inputs"] for n in nodes if n["class_type"].startswith("Empty")), {})
+        loaded = next((n["inputs"]["image"] for n in nodes if n["class_type"] == "LoadImage"), None)
+        if loaded is not None:  # an edit: the uploaded image's size, n from RepeatLatentBatch
+            width, height = png_size(self.uploads[loaded])
+            repeat = next((n["inputs"]["amount"] for n in nodes if n["class_type"] == "RepeatLatentBatch"), 1)
+            latent = {"width": width, "height": height, "batch_size": repeat}
         if self._interrupt:
             message = ("execution_interrupted", {"prompt_id": prompt_id, "node_id": "8", "node_type": "KSampler"})
             return {"outputs": {}, "status": {"status_str": "error", "completed": False, "messages": [message]}}
