@@ -36,6 +36,18 @@ class GGUFFormatError(ZImageGGUFError, ValueError):
             f"{self.path}: not a valid GGUF file: {problem}")
 
 
+class NotGGUFError(GGUFFormatError):
+    """The file is another format (safetensors, a web page, a Git LFS pointer ...): downloading the
+    same file again would not help, so the first line says what it is and what to do instead."""
+
+    def __init__(self, path, kind: str, advice: str):
+        self.path, self.kind = str(path), kind
+        self.problem = f"it is {kind}"
+        ZImageGGUFError.__init__(
+            self, f"{os.path.basename(self.path)} is {kind}, not a GGUF file: {advice}\n"
+                  f"{self.path}: not a valid GGUF file: {self.problem}")
+
+
 class UnsupportedQuantTypeError(ZImageGGUFError, ValueError):
     """A tensor uses a GGML type this pack cannot dequantize."""
 

@@ -1,8 +1,10 @@
-"""`python -m comfyui_zimage_gguf inspect FILE...`: what a GGUF holds, in a user's words (no ComfyUI).
+"""`python -m comfyui_zimage_gguf inspect FILE...`: what a model file holds, in a user's words (no ComfyUI).
 
-For each file: the model, its quant mix, its size, which node (and `type`) loads it and from which
-folder, and what it pairs with or why it does not fit Z-Image. `--json` prints the same as a list
-of objects for scripts.
+For each GGUF: the model (and who made the file: this pack, city96's tool, stable-diffusion.cpp),
+its quant mix, its size, which node (and `type`) loads it and from which folder, and what it pairs
+with or why it does not fit Z-Image. A safetensors file is named for what it holds (a VAE, a
+diffusion model, a text encoder, a LoRA) with the node that loads it; other formats (a web page, a
+Git LFS pointer, a checkpoint) are named as such. `--json` prints the same as a list of objects.
 """
 from __future__ import annotations
 
@@ -12,13 +14,17 @@ from collections import Counter
 
 from ..errors import ModelDetectionError, ZImageGGUFError
 from ..nodes.families import DIFFUSION_FOLDER, DIFFUSION_LOADER, TEXT_ENCODER_FOLDER, TEXT_ENCODER_LOADER
-from ..nodes.families.diffusion import detect_diffusion_model
+from ..nodes.families.diffusion import OTHER_COMPONENTS, detect_diffusion_model
 from ..nodes.families.pairing import DIFFUSION_MODELS, ENCODERS_BY_DISPLAY, models_taking
 from ..nodes.families.text_encoders import ENCODER_ARCHS, comfy_te_model, detect_text_encoder, encoder_config
-from ..ops.reader import load_gguf
+from ..ops.reader import identify_other_format, load_gguf
+from .convert import MADE_BY, MADE_BY_KEY
 
 ZIMAGE = DIFFUSION_MODELS["zimage"]
+MADE_BY_THIS_PACK = "made by this pack"
 CONVERSIONS = {"city96": "converted with city96's tool", "sdcpp": "converted with stable-diffusion.cpp"}
+SAFETENSORS_ITEM_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "BF16": 2, "F16": 2, "I16": 2}  # else 1 byte
+CONVERT_HINT = "make a GGUF of it: python -m comfyui_zimage_gguf convert FILE OUT.gguf --type Q4_K_M"
 
 
 def _quant_mix(gguf_file) -> tuple[dict, str]:
@@ -38,16 +44,74 @@ def _quant_mix(gguf_file) -> tuple[dict, str]:
 
 def describe(path) -> dict:
     """Everything `inspect` says about one file, as plain data."""
-    with load_gguf(path) as gguf_file:
+    with open(path, "rb") as handle:
+        other = identify_other_format(handle.read(64))
+    report = {"file": os.path.basename(path), "path": str(path), "size_bytes": os.path.getsize(path)}
+    if other is not None and other[0] == "a safetensors file":
+        report.update(_describe_safetensors(path))
+        return report
+    with load_gguf(path) as gguf_file:  # any other format: NotGGUFError names it and what to do
         shapes = gguf_file.shapes
         mix, mix_text = _quant_mix(gguf_file)
-        report = {"file": os.path.basename(path), "path": str(path), "size_bytes": os.path.getsize(path),
-                  "quant_mix": mix, "quant_mix_text": mix_text}
+        report.update(format="gguf", quant_mix=mix, quant_mix_text=mix_text,
+                      made_by=MADE_BY_THIS_PACK if gguf_file.metadata.get(MADE_BY_KEY) == MADE_BY else None)
         if gguf_file.architecture in ENCODER_ARCHS:
             report.update(_describe_encoder(gguf_file, shapes, path))
+            if report["made_by"]:
+                report["model"] += f" ({MADE_BY_THIS_PACK})"
         else:
-            report.update(_describe_diffusion(gguf_file, shapes, path))
+            report.update(_describe_diffusion(gguf_file, shapes, path, report["made_by"]))
     return report
+
+
+def _safetensors_header(path) -> tuple[dict, Counter]:
+    from safetensors import safe_open
+
+    shapes, dtype_bytes = {}, Counter()
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                part = handle.get_slice(name)
+                shapes[name] = tuple(part.get_shape())
+                dtype = part.get_dtype()
+                elements = 1
+                for size in shapes[name]:
+                    elements *= size
+                dtype_bytes[dtype] += elements * SAFETENSORS_ITEM_BYTES.get(dtype, 1)
+    except Exception as error:  # the library's SafetensorError for a damaged header
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ZImageGGUFError(f"{os.path.basename(path)} is a damaged safetensors file ({reason}): "
+                              f"download it again\n{path}") from None
+    return shapes, dtype_bytes
+
+
+def _describe_safetensors(path) -> dict:
+    """A safetensors file named for what it holds, with the node that loads it (not this pack's GGUF loaders)."""
+    shapes, dtype_bytes = _safetensors_header(path)
+    total = sum(dtype_bytes.values()) or 1
+    dtypes = ", ".join(f"{dtype} {100 * n / total:.0f}%" for dtype, n in dtype_bytes.most_common())
+    out = {"format": "safetensors", "kind": "other", "type": None, "pairs_with": [],
+           "quant_mix": {d: {"bytes": n} for d, n in dtype_bytes.items()},
+           "quant_mix_text": f"{dtypes or 'no tensors'} (safetensors, not a GGUF)"}
+    try:
+        info = detect_diffusion_model(None, shapes, source=path)
+    except ModelDetectionError:
+        info = None
+    if info is not None:
+        return {**out, "kind": "diffusion_model", "model": f"{info.display_name} diffusion model in safetensors",
+                "node": "Load Diffusion Model (ComfyUI's own)", "folder": DIFFUSION_FOLDER, "width": info.width,
+                "caption_width": info.caption_width, "note": f"this pack's loader takes GGUF files; {CONVERT_HINT}"}
+    if any("lora_" in name or ".lora." in name for name in shapes):
+        return {**out, "model": "a LoRA in safetensors", "node": "LoraLoaderModelOnly (ComfyUI's own)",
+                "folder": "models/loras", "note": "it works on a GGUF model from this pack's loader too"}
+    for component in OTHER_COMPONENTS:
+        if component.folder and component.matches(shapes, None, None):
+            note = (f"this pack's text-encoder loader also takes .safetensors; {CONVERT_HINT}"
+                    if component.use == TEXT_ENCODER_LOADER else None)
+            return {**out, "model": f"a {component.kind} in safetensors", "node": component.use,
+                    "folder": component.folder, "note": note}
+    return {**out, "model": f"a safetensors file of {len(shapes)} tensors that is no model this pack knows",
+            "node": None, "folder": None, "note": None}
 
 
 def _describe_encoder(gguf_file, shapes, path) -> dict:
@@ -75,10 +139,10 @@ def _describe_encoder(gguf_file, shapes, path) -> dict:
     return out
 
 
-def _describe_diffusion(gguf_file, shapes, path) -> dict:
+def _describe_diffusion(gguf_file, shapes, path, made_by: str | None = None) -> dict:
     info = detect_diffusion_model(gguf_file.metadata, shapes, source=path)
     model = DIFFUSION_MODELS.get(info.family)
-    conversion = CONVERSIONS.get(info.style)
+    conversion = made_by or CONVERSIONS.get(info.style)
     out = {"kind": "diffusion_model", "node": DIFFUSION_LOADER, "folder": DIFFUSION_FOLDER, "type": None,
            "model": f"{info.display_name} diffusion model" + (f" ({conversion})" if conversion else ""),
            "width": info.width, "caption_width": info.caption_width, "pairs_with": []}
@@ -101,10 +165,13 @@ def render(report: dict) -> list[str]:
     lines = [
         report["file"],
         f"  model:      {report['model']}",
-        f"  quant mix:  {report['quant_mix_text']}",
+        f"  {'quant mix:' if report['format'] == 'gguf' else 'dtypes:   '}  {report['quant_mix_text']}",
         f"  size:       {_size(report['size_bytes'])}",
-        f"  load with:  {report['node']}{type_note}, from {report['folder']}",
     ]
+    if report["node"]:
+        lines.append(f"  load with:  {report['node']}{type_note}, from {report['folder']}")
+    if report["format"] != "gguf":
+        return lines + ([f"  note:       {report['note']}"] if report.get("note") else [])
     if report["kind"] == "diffusion_model":
         pairs = []
         for p in report["pairs_with"]:
@@ -121,7 +188,8 @@ def render(report: dict) -> list[str]:
 
 
 def add_inspect_parser(subparsers) -> None:
-    parser = subparsers.add_parser("inspect", help="say what a GGUF file holds, which node loads it, what it pairs with")
+    parser = subparsers.add_parser("inspect", help="say what a model file holds (GGUF, or what else it is), which node "
+                                                   "loads it, what it pairs with")
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--json", action="store_true", help="print a JSON list (one object per file) for scripts")
 

@@ -30,11 +30,36 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from ..errors import GGUFFormatError
+from ..errors import GGUFFormatError, NotGGUFError
 from .quant_types import rows_are_whole_blocks, tensor_bytes
 from .state_dict import build_state_dict
 
 GGUF_MAGIC = b"GGUF"
+SAFETENSORS_ADVICE = ("whatever its name, load it with ComfyUI's own loaders, or make a GGUF of it with "
+                      "python -m comfyui_zimage_gguf convert (inspect says what it holds)")
+# What a file that is no GGUF usually is, by its first bytes (lower-cased), and what to do instead.
+OTHER_FORMATS = (
+    (b"version https://git-lfs", "a Git LFS pointer",
+     "download the file itself (the download button of the model page), not the repository's pointer"),
+    (b"<!doctype html", "a web page", "the download saved a page instead of the model: download it again "
+                                      "from the file's own link (.../resolve/main/...)"),
+    (b"<html", "a web page", "the download saved a page instead of the model: download it again "
+                             "from the file's own link (.../resolve/main/...)"),
+    (b"pk\x03\x04", "a zip archive (a PyTorch .ckpt/.pt?)", "load it with ComfyUI's own loaders"),
+    (b"\x80", "a Python pickle (a PyTorch .pt/.bin?)", "load it with ComfyUI's own loaders"),
+)
+
+
+def identify_other_format(head: bytes) -> tuple[str, str] | None:
+    """(what the file is, what to do) for a file whose first bytes are no GGUF's, where they tell."""
+    header_length = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
+    if head[8:9] == b"{" and 2 <= header_length < 100_000_000:
+        return "a safetensors file", SAFETENSORS_ADVICE
+    start = head.lstrip().lower()
+    for opening, kind, advice in OTHER_FORMATS:
+        if start.startswith(opening):
+            return kind, advice
+    return None
 SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 4
 DEFAULT_ALIGNMENT = 32
@@ -277,7 +302,7 @@ def load_gguf(path: str | os.PathLike) -> GGUFFile:
         if size < _HEADER.size:
             head = handle.read()
             if head[:4] != GGUF_MAGIC[: len(head)]:
-                raise GGUFFormatError(path, f"bad magic {head[:4]!r}: expected {GGUF_MAGIC!r}; this is not a GGUF file")
+                raise _bad_magic(path, head)
             _Scanner(path, head, size).check_version()
             raise GGUFFormatError(path, f"truncated: the file has {size} bytes, a GGUF header needs {_HEADER.size}")
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
@@ -289,6 +314,13 @@ def load_gguf(path: str | os.PathLike) -> GGUFFile:
         with contextlib.suppress(BufferError):
             mapped.close()
         raise
+
+
+def _bad_magic(path, head: bytes) -> GGUFFormatError:
+    other = identify_other_format(head)
+    if other is not None:
+        return NotGGUFError(path, *other)
+    return GGUFFormatError(path, f"bad magic {head[:4]!r}: expected {GGUF_MAGIC!r}; this is not a GGUF file")
 
 
 class _Scanner:
@@ -340,9 +372,8 @@ class _Scanner:
         raise self.fail(f"unsupported GGUF version {version}: only versions 2 and 3 are supported")
 
     def scan(self) -> GGUFFile:
-        magic = self.buffer[:4]
-        if magic != GGUF_MAGIC:
-            raise self.fail(f"bad magic {magic!r}: expected {GGUF_MAGIC!r}; this is not a GGUF file")
+        if self.buffer[:4] != GGUF_MAGIC:
+            raise _bad_magic(self.path, bytes(self.buffer[:64]))
         self.check_version()
         _, version, n_tensors, n_metadata = _HEADER.unpack_from(self.buffer, 0)
         pos = _HEADER.size

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from helpers.factories import write_llama_cpp_encoder_gguf
 from helpers.zimage_factory import write_zimage_gguf
 
@@ -61,9 +62,64 @@ def test_inspect_reports_bad_files_and_exits_non_zero(tmp_path, capsys):
     bad.write_bytes(b"PK\x03\x04 definitely not gguf")
     assert main(["inspect", str(bad), str(tmp_path / "missing.gguf")]) == 1
     out = capsys.readouterr().out
-    assert "notgguf.gguf\n  error: notgguf.gguf is not a valid GGUF file: download it again" in out
+    assert ("notgguf.gguf\n  error: notgguf.gguf is a zip archive (a PyTorch .ckpt/.pt?), not a GGUF file: "
+            "load it with ComfyUI's own loaders") in out
     assert f"{bad}: not a valid GGUF file" in out
     assert "missing.gguf\n  error: no such file" in out
+
+
+def test_inspect_says_download_again_only_for_a_damaged_gguf(files, tmp_path, capsys):
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(files["dit"].read_bytes()[:4096])
+    page = tmp_path / "page.gguf"
+    page.write_text("\n<!DOCTYPE html><html><body>Sign in</body></html>")
+    pointer = tmp_path / "pointer.gguf"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 6000000000\n")
+    assert main(["inspect", str(truncated), str(page), str(pointer)]) == 1
+    out = capsys.readouterr().out
+    assert "truncated.gguf is not a valid GGUF file: download it again" in out
+    assert "page.gguf is a web page, not a GGUF file: the download saved a page instead of the model" in out
+    assert "pointer.gguf is a Git LFS pointer, not a GGUF file: download the file itself" in out
+
+
+def test_inspect_names_safetensors_files_for_what_they_hold(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from helpers import zimage_factory
+
+    vae = tmp_path / "ae.safetensors"
+    save_file({"decoder.conv_in.weight": torch.zeros(8, 4, 3, 3, dtype=torch.bfloat16),
+               "encoder.conv_in.weight": torch.zeros(8, 3, 3, 3, dtype=torch.bfloat16)}, str(vae))
+    lora = tmp_path / "style_lora.safetensors"
+    save_file({"diffusion_model.layers.0.attention.qkv.lora_A.weight": torch.zeros(4, 64)}, str(lora))
+    dit = tmp_path / "z_image_turbo_bf16.safetensors"
+    zimage_factory.write_zimage_safetensors(dit, n_layers=1, width=64, caption_width=32)
+    assert main(["inspect", str(vae), str(lora), str(dit)]) == 0
+    vae_text, lora_text, dit_text = capsys.readouterr().out.rstrip("\n").split("\n\n")
+    assert vae_text.splitlines()[1:] == [
+        "  model:      a VAE in safetensors",
+        "  dtypes:     BF16 100% (safetensors, not a GGUF)",
+        f"  size:       {vae.stat().st_size / 1e6:.1f} MB",
+        "  load with:  Load VAE, from models/vae",
+    ]
+    assert "  model:      a LoRA in safetensors" in lora_text
+    assert "Z-Image layout) of an unrecognised width diffusion model in safetensors\n" in dit_text  # 64 wide
+    assert "  load with:  Load Diffusion Model (ComfyUI's own), from models/diffusion_models" in dit_text
+    assert "python -m comfyui_zimage_gguf convert FILE OUT.gguf --type Q4_K_M" in dit_text
+    assert "download" not in vae_text + lora_text + dit_text
+
+
+def test_inspect_tells_the_packs_own_files(tmp_path, capsys):
+    from helpers import zimage_factory
+
+    from comfyui_zimage_gguf.cli.convert import convert
+
+    source = tmp_path / "z.safetensors"
+    zimage_factory.write_zimage_safetensors(source, n_layers=1, width=64, caption_width=32)
+    made = convert(source, tmp_path / "z-Q8_0.gguf", "Q8_0", progress=False)
+    assert main(["inspect", str(made)]) == 0
+    model_line = capsys.readouterr().out.splitlines()[1]
+    assert model_line.endswith(" diffusion model (made by this pack)")  # not "converted with city96's tool"
 
 
 def test_module_entry_point_runs():
