@@ -85,7 +85,7 @@ def _edit_from_body(body: dict, image: bytes | None, mask: bytes | None) -> Edit
     if strength is not None:
         try:
             strength = float(strength)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer beyond float's range
             strength = None
         if strength is None or not 0.0 < strength <= 1.0:
             raise bad_request(f"strength must be a number above 0 and at most 1, got {body.get('strength')!r}",

@@ -30,7 +30,7 @@ MAX_PARTIAL_IMAGES = 3
 # Fields a multipart form sends as text: converted before the checks (a bad value still gets its 400).
 INTEGER_FIELDS = ("n", "seed", "steps", "output_compression", "partial_images")
 BOOLEAN_FIELDS = ("stream",)
-_SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+_SIZE = re.compile(r"^\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*$")  # bounded: int() of 4300+ digits raises
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,10 @@ def generation_fields(body: dict) -> dict:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise bad_request(f"prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}", "prompt")
     model = _text(body, "model")
+    negative_prompt = _text(body, "negative_prompt")
+    if negative_prompt is not None and len(negative_prompt) > MAX_PROMPT_CHARS:
+        raise bad_request(f"negative_prompt is {len(negative_prompt)} characters long; the limit is {MAX_PROMPT_CHARS}",
+                          "negative_prompt")
     response_format = body.get("response_format") or "b64_json"
     if response_format not in RESPONSE_FORMATS:
         raise bad_request(
@@ -143,7 +147,7 @@ def generation_fields(body: dict) -> dict:
         response_format=response_format,
         seed=_integer(body, "seed", 0, MAX_SEED),
         steps=_integer(body, "steps", 1, MAX_STEPS),
-        negative_prompt=_text(body, "negative_prompt"),
+        negative_prompt=negative_prompt,
         output_format=_choice(body, "output_format", OUTPUT_FORMATS, "png"),
         output_compression=_integer(body, "output_compression", 0, 100),
         background=_choice(body, "background", BACKGROUNDS, "auto"),

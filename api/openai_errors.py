@@ -29,7 +29,12 @@ class ApiError(Exception):
         return {"error": {"message": message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+MAX_MESSAGE_CHARS = 2000  # a message quoting a client's value stays short, whatever the value
+
+
 def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS - 3] + "..."
     return ApiError(400, message, param=param, code=code)
 
 

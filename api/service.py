@@ -17,6 +17,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
@@ -30,6 +31,7 @@ from .edit_request import DEFAULT_MAX_UPLOAD_BYTES, read_edit_request
 from .generation_request import MAX_SEED, GenerationRequest, parse_generation_request
 from .image_encoding import encode, prepare_edit_image
 from .openai_errors import ApiError, bad_request, busy, timed_out, workflow_failed
+from .request_checks import RequestPolicy, check_request, decode_json, read_json_body as checked_json_body
 from .workflow_params import (
     LATENT_TYPES, MissingNodeError, apply_overrides, is_edit_workflow, quality_steps, resolve_quality,
 )
@@ -39,8 +41,10 @@ log = logging.getLogger("comfyui_zimage_gguf.api")
 MODELS_PATH = "/v1/models"
 GENERATIONS_PATH = "/v1/images/generations"
 EDITS_PATH = "/v1/images/edits"
+OPENAPI_PATH = "/v1/openapi.json"
+OPENAPI_FILE = Path(__file__).with_name("openapi.json")  # the OpenAPI 3.1 description, kept in the repository
 ANY_V1_PATH = "/v1/{tail:.*}"
-KNOWN_PATHS = {MODELS_PATH: "GET", GENERATIONS_PATH: "POST", EDITS_PATH: "POST"}
+KNOWN_PATHS = {MODELS_PATH: "GET", GENERATIONS_PATH: "POST", EDITS_PATH: "POST", OPENAPI_PATH: "GET"}
 DISCONNECT_CHECK_S = 0.25
 # OpenAI's answers carry token usage; ComfyUI counts no tokens, so these are zeros (README says so).
 USAGE = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0,
@@ -54,6 +58,9 @@ class ApiSettings:
     timeout_s: float = 600.0
     retry_after_s: int = 10
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # per edit image or mask; larger gets 413
+    # Cross-site / rebinding checks in the handlers: for the in-server routes when ComfyUI's own
+    # middleware is off (--enable-cors-header); the bridge checks in its middleware instead.
+    request_policy: RequestPolicy | None = None
 
 
 def error_response(error: ApiError) -> web.Response:
@@ -70,11 +77,9 @@ def _has_latent(workflow: dict) -> bool:
 
 
 async def read_json_body(request: web.Request):
-    """The decoded JSON body of a generation request; 400 when it is not JSON."""
-    try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise bad_request("the request body is not valid JSON", code="invalid_json") from None
+    """The decoded JSON body of a generation request: 415 without a JSON Content-Type, 400 when it is
+    not strict JSON (request_checks.decode_json)."""
+    return await checked_json_body(request)
 
 
 def _workflow_size(workflow: dict) -> str:
@@ -114,12 +119,17 @@ class ImageApi:
             ("GET", MODELS_PATH + "/{model}", self._guarded(self.get_model)),
             ("POST", GENERATIONS_PATH, self._guarded(self.generate)),
             ("POST", EDITS_PATH, self._guarded(self.edit)),
+            ("GET", OPENAPI_PATH, self.openapi),  # the API's description, readable without a key
             # last: every other /v1 path and method gets OpenAI's error object, not plain text
             ("*", ANY_V1_PATH, self._guarded(self.unknown_route)),
         ]
 
     def _guarded(self, handler):
         async def guarded(request: web.Request) -> web.StreamResponse:
+            policy = self.settings.request_policy
+            refusal = check_request(request.method, request.headers, policy) if policy is not None else None
+            if refusal is not None:
+                return error_response(refusal)
             if not is_authorized(request.headers.get("Authorization"), self.settings.api_key):
                 return error_response(
                     ApiError(
@@ -139,6 +149,10 @@ class ImageApi:
                     raise
                 return error_response(ApiError(error.status, error.reason or error.text or "request refused",
                                                code=error.reason.lower().replace(" ", "_") if error.reason else None))
+            except Exception:  # a bug: logged in full, answered as an OpenAI error object without details
+                log.exception("image API: %s %s failed", request.method, request.path)
+                return error_response(ApiError(500, "internal error in the image API (see the server log)",
+                                               type="server_error", code="internal_error"))
 
         guarded.__name__ = handler.__name__
         return guarded
@@ -148,6 +162,9 @@ class ImageApi:
     @staticmethod
     def _model_object(served) -> dict:
         return {"id": served.id, "object": "model", "created": served.created, "owned_by": "comfyui"}
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=OPENAPI_FILE.read_bytes(), content_type="application/json")
 
     async def unknown_route(self, request: web.Request) -> web.Response:
         path = request.path.removeprefix("/api")  # ComfyUI serves its routes under /api too
@@ -200,7 +217,7 @@ class ImageApi:
         return await self._run(request, params, served.id, applied, {}, "image_generation", size)
 
     async def edit(self, request: web.Request) -> web.StreamResponse:
-        edit = await read_edit_request(request, self.settings.max_upload_bytes)
+        edit = await read_edit_request(request, self.settings.max_upload_bytes, loads=decode_json)
         params = edit.params
         served = await self._served(params.model)
         workflow = self.catalog.edit_workflow(served)

@@ -250,3 +250,50 @@ def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# --- 3. bad bodies are 400 (or 415), never 500 ---------------------------------------------------------
+
+BAD_BODIES = {
+    "NaN": b'{"prompt": "p", "n": NaN}',
+    "Infinity": b'{"prompt": "p", "seed": Infinity}',
+    "-Infinity": b'{"prompt": "p", "steps": -Infinity}',
+    "float overflow": b'{"prompt": "p", "n": 1e999}',
+    "4300-digit integer": b'{"prompt": "p", "seed": ' + b"9" * 4300 + b"}",
+    "5000-digit size": b'{"prompt": "p", "size": "' + b"9" * 5000 + b'x64"}',
+    "deep nesting": b'{"prompt": "p", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "nesting past the limit": b'{"prompt": "p", "x": ' + b"[" * 40 + b"]" * 40 + b"}",
+    "not UTF-8": b'{"prompt": "\xff\xfe"}',
+    "negative_prompt too long": b'{"prompt": "p", "negative_prompt": "' + b"n" * 32001 + b'"}',
+}
+
+
+@pytest.mark.parametrize("raw", BAD_BODIES.values(), ids=BAD_BODIES.keys())
+def test_malformed_bodies_are_400_openai_errors(bridge, fake, raw):
+    # before: NaN/Infinity, 4300-digit integers and deep nesting reached a traceback (500);
+    # negative_prompt had no cap
+    status, headers, body = raw_request(f"{bridge.url}/v1/images/generations", body=raw,
+                                        headers={"Content-Type": "application/json"})
+    assert status == 400, body[:300]
+    assert headers.get_content_type() == "application/json"
+    error = __import__("json").loads(body)["error"]
+    assert error["type"] == "invalid_request_error" and len(error["message"]) <= 2000
+    assert fake.received == []
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_generations_require_a_json_content_type(bridge, fake, content_type):
+    # before: request.json() ignored Content-Type, so a text/plain "simple" request ran the prompt
+    headers = {"Content-Type": content_type} if content_type else {}
+    status, _, body = raw_request(f"{bridge.url}/v1/images/generations", body=(
+        b'{"prompt": "p", "model": "%s", "size": "64x64"}' % MODEL.encode()), headers=headers)
+    assert status == 415 and b"unsupported_media_type" in body
+    assert fake.received == []
+
+
+def test_edit_strength_beyond_float_range_is_400(bridge):
+    body = (b'{"prompt": "p", "images": [{"image_url": "data:image/png;base64,AAAA"}], "strength": 1'
+            + b"0" * 400 + b"}")
+    status, _, answer = raw_request(f"{bridge.url}/v1/images/edits", body=body,
+                                    headers={"Content-Type": "application/json"})
+    assert status == 400 and b'"param": "strength"' in answer
