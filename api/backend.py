@@ -52,6 +52,7 @@ class Job:
     uploads: dict = field(default_factory=dict)
     previews: asyncio.Queue | None = None
     step: tuple = (0, 0)  # the sampler's last progress (value, max), for previews that come without it
+    socket: object = None  # the HTTP backend's websocket, opened before queueing when previews are wanted
 
     def extra_data(self) -> dict:
         return {"preview_method": PREVIEW_METHOD} if self.previews is not None else {}

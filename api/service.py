@@ -295,21 +295,15 @@ class ImageApi:
                 if getter is not None and not getter.done():
                     getter.cancel()
                 if getter is not None and getter in done:
-                    preview = getter.result()
-                    if sent < params.partial_images and _partial_due(sent, params.partial_images, preview.step,
-                                                                     preview.total):
-                        content = await asyncio.to_thread(encode, preview.image, params.output_format,
-                                                          params.output_compression)
-                        await response.write(_sse(f"{kind}.partial_image", {
-                            "type": f"{kind}.partial_image", "b64_json": base64.b64encode(content).decode("ascii"),
-                            "partial_image_index": sent, "created_at": int(time.time()), **event_fields}))
-                        sent += 1
+                    sent += await self._send_partial(response, getter.result(), sent, params, kind, event_fields)
                 if _client_gone(request):
                     raise ClientDisconnected()
                 if time.monotonic() > deadline:
                     raise timed_out(f"the image was not ready after {self.settings.timeout_s:g}s; the run was "
                                     "removed from ComfyUI's queue")
             images = self._images(task.result())
+            while job.previews is not None and not job.previews.empty():  # previews that came with the end
+                sent += await self._send_partial(response, job.previews.get_nowait(), sent, params, kind, event_fields)
             for image in images:
                 content = await self._encoded(job, image, params)
                 await response.write(_sse(f"{kind}.completed", {
@@ -350,6 +344,17 @@ class ImageApi:
             )
         except MissingNodeError as error:
             raise bad_request(f"this model cannot take {error.parameter}: {error}", error.parameter) from None
+
+    @staticmethod
+    async def _send_partial(response, preview, sent: int, params: GenerationRequest, kind: str, fields: dict) -> int:
+        """Send the preview as partial image number `sent` when it is due; 1 when sent, else 0."""
+        if sent >= params.partial_images or not _partial_due(sent, params.partial_images, preview.step, preview.total):
+            return 0
+        content = await asyncio.to_thread(encode, preview.image, params.output_format, params.output_compression)
+        await response.write(_sse(f"{kind}.partial_image", {
+            "type": f"{kind}.partial_image", "b64_json": base64.b64encode(content).decode("ascii"),
+            "partial_image_index": sent, "created_at": int(time.time()), **fields}))
+        return 1
 
     async def _wait(self, request: web.Request, job: Job) -> dict:
         deadline = time.monotonic() + self.settings.timeout_s

@@ -214,6 +214,9 @@ class HttpBackend(Backend):
             try:
                 if job.uploads:
                     await self._upload(upstream, job)
+                if job.previews is not None:  # listen before queueing, or the first previews are missed
+                    await self._close_socket(job)
+                    job.socket = await self._connect_socket(upstream, job)
                 async with self._session.post(upstream.base_url + "/prompt", json=payload) as response:
                     status = response.status
                     body = await response.json(content_type=None)
@@ -260,12 +263,23 @@ class HttpBackend(Backend):
             history = await response.json(content_type=None)
         return history.get(prompt_id) if isinstance(history, dict) else None
 
+    async def _connect_socket(self, upstream: Upstream, job: Job):
+        try:
+            return await self._session.ws_connect(f"{upstream.ws_url}?clientId={job.client_id}", heartbeat=30)
+        except CONNECTION_ERRORS:
+            return None  # history polling alone still finds the result
+
+    @staticmethod
+    async def _close_socket(job: Job) -> None:
+        if job.socket is not None:
+            await job.socket.close()
+            job.socket = None
+
     async def _wait_on_upstream(self, job: Job) -> dict:
         upstream, prompt_id = job.upstream, job.prompt_id
-        try:
-            socket = await self._session.ws_connect(f"{upstream.ws_url}?clientId={job.client_id}", heartbeat=30)
-        except CONNECTION_ERRORS:
-            socket = None  # history polling alone still finds the result
+        socket, job.socket = job.socket, None
+        if socket is None:
+            socket = await self._connect_socket(upstream, job)
         failures = 0
         try:
             while True:
@@ -279,6 +293,8 @@ class HttpBackend(Backend):
                     failures = 0
                     outputs = finished_outputs(entry)
                     if outputs is not None:
+                        if job.previews is not None:  # previews still buffered on the socket
+                            await self._next_event(socket, job, drain=True)
                         return outputs
                 await self._next_event(socket, job)
         finally:
@@ -300,14 +316,15 @@ class HttpBackend(Backend):
             return
         job.previews.put_nowait(Preview(step[0], step[1], image))
 
-    async def _next_event(self, socket, job: Job) -> None:
-        """Return on a websocket event about the prompt, or after the poll interval; queue previews."""
+    async def _next_event(self, socket, job: Job, drain: bool = False) -> None:
+        """Return on a websocket event about the prompt, or after the poll interval; queue previews.
+        With `drain`, read only what has already arrived."""
         prompt_id = job.prompt_id
         if socket is None or socket.closed:
             await asyncio.sleep(self.poll_interval_s / 4)
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.poll_interval_s
+        deadline = loop.time() + (0.05 if drain else self.poll_interval_s)
         while (remaining := deadline - loop.time()) > 0:
             try:
                 message = await socket.receive(timeout=remaining)
@@ -328,7 +345,8 @@ class HttpBackend(Backend):
             if event.get("type") == "progress" and isinstance(data, dict) and data.get("prompt_id") == prompt_id:
                 job.step = (int(data.get("value") or 0), int(data.get("max") or 0))
                 continue
-            if event.get("type") in PROGRESS_EVENTS and isinstance(data, dict) and data.get("prompt_id") == prompt_id:
+            if (event.get("type") in PROGRESS_EVENTS and isinstance(data, dict) and data.get("prompt_id") == prompt_id
+                    and not drain):
                 return
 
     async def cancel(self, job: Job) -> None:
