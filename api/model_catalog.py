@@ -139,7 +139,8 @@ def pair_installed(diffusion_files, encoder_files, vae_files) -> list[InstalledM
         return []
     vae_name, vae = min(vaes, key=lambda item: (os.path.basename(item[0]) != PREFERRED_VAE, item[0]))
     models, taken = [], set()
-    for unet_name, unet in sorted(unets):
+    # a file whose name carries its quant gets the plain id first; a second one of that quant its name
+    for unet_name, unet in sorted(unets, key=lambda item: (quant_label(item[0]) is None, item[0])):
         clip_name, clip = min(encoders, key=lambda item: (item[1].quant != unet.quant, -item[1].size, item[0]))
         model_id = f"{MODEL_PREFIX}-{unet.quant}" if unet.quant else f"{MODEL_PREFIX}-{_slug(unet_name)}"
         if model_id in taken:
