@@ -90,16 +90,18 @@ class ComfyServer(comfy_server_module.ComfyServer):
 @pytest.fixture(scope="session")
 def start_comfy_server(tmp_path_factory, model_cache):
     """Start a fresh server of its own (e.g. for memory figures no other run has touched):
-    `start_comfy_server(name, env={...})`; stopped at the end of the session."""
+    `start_comfy_server(name, env={...}, model_root=...)` (model_root: a folder with diffusion_models /
+    text_encoders / vae in place of the shared cache); stopped at the end of the session."""
     if not COMFYUI_PATH:
         pytest.skip(SKIP_REASON)
     started = []
 
-    def start(name: str = "comfyui-base", env: dict | None = None, custom_nodes: dict | None = None):
+    def start(name: str = "comfyui-base", env: dict | None = None, custom_nodes: dict | None = None,
+              model_root: Path | None = None):
         base_dir = tmp_path_factory.mktemp(name)
         try:
             server = comfy_server_module.start_server(
-                COMFYUI_PATH, COMFYUI_PYTHON, base_dir, model_cache, custom_nodes or {PACK_NAME: REPO_ROOT},
+                COMFYUI_PATH, COMFYUI_PYTHON, base_dir, model_root or model_cache, custom_nodes or {PACK_NAME: REPO_ROOT},
                 env={"ZIMAGE_GGUF_STRICT": "1", **(env or {})}, startup_timeout_s=STARTUP_TIMEOUT_S)
         except (RuntimeError, TimeoutError, FileNotFoundError) as error:
             pytest.fail(str(error))
