@@ -30,6 +30,7 @@ from .backend import Backend, ImageRef, Job, Preview, finished_outputs, rejectio
 from .catalog import WorkflowCatalog, default_user_folder
 from .model_catalog import comfyui_installed_models
 from .openai_errors import ApiError
+from .request_checks import RequestPolicy, is_loopback_name
 
 log = logging.getLogger("comfyui_zimage_gguf.api")
 
@@ -178,10 +179,27 @@ def _positive_number(environ, name: str, default, kind):
     return value
 
 
+def comfyui_request_policy(args=None):
+    """The /v1 routes' own cross-site and rebinding checks, for when ComfyUI's are off: ComfyUI runs
+    its origin_only_middleware unless `--enable-cors-header [ORIGIN]` is given. Then only ORIGIN (or,
+    for `*`, any) may call cross-site, and on a loopback `--listen` the Host must be a loopback name."""
+    if args is None:
+        try:
+            from comfy.cli_args import args  # ComfyUI's
+        except ImportError:
+            return None
+    origin = getattr(args, "enable_cors_header", None)
+    if not origin:
+        return None
+    listen = [address.strip() for address in str(getattr(args, "listen", "") or "").split(",")]
+    return RequestPolicy(loopback_only=all(is_loopback_name(address) for address in listen), allow_origin=origin)
+
+
 def settings_from_environment(environ=os.environ):
     from .service import ApiSettings
 
     return ApiSettings(
+        request_policy=comfyui_request_policy(),
         api_key=resolve_api_key(environ=environ),
         max_waiting=_positive_number(environ, MAX_WAITING_ENV, ApiSettings.max_waiting, int),
         timeout_s=_positive_number(environ, TIMEOUT_ENV, ApiSettings.timeout_s, float),

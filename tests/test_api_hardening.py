@@ -297,3 +297,36 @@ def test_edit_strength_beyond_float_range_is_400(bridge):
     status, _, answer = raw_request(f"{bridge.url}/v1/images/edits", body=body,
                                     headers={"Content-Type": "application/json"})
     assert status == 400 and b'"param": "strength"' in answer
+
+
+# --- 1. inside ComfyUI: the same checks when ComfyUI's own are off ---------------------------------------
+
+def test_in_server_routes_check_requests_only_when_comfyuis_middleware_is_off(fake):
+    from types import SimpleNamespace
+
+    from comfyui_zimage_gguf.api.catalog import WorkflowCatalog
+    from comfyui_zimage_gguf.api.inserver import comfyui_request_policy
+    from comfyui_zimage_gguf.api.service import ApiSettings, ImageApi
+    from comfyui_zimage_gguf.api.upstream import HttpBackend
+
+    assert comfyui_request_policy(SimpleNamespace(enable_cors_header=None, listen="127.0.0.1")) is None
+    policy = comfyui_request_policy(SimpleNamespace(enable_cors_header="http://localhost:3000", listen="127.0.0.1"))
+    assert policy == RequestPolicy(loopback_only=True, allow_origin="http://localhost:3000")
+    assert not comfyui_request_policy(SimpleNamespace(enable_cors_header="*", listen="0.0.0.0,::")).loopback_only
+
+    backend = HttpBackend([fake.url])
+    app = web.Application()
+    for method, path, handler in ImageApi(backend, WorkflowCatalog(None), ApiSettings(request_policy=policy)).routes():
+        app.router.add_route(method, path, handler)
+    app.on_startup.append(lambda _app: backend.start())
+    app.on_cleanup.append(lambda _app: backend.close())
+    server = ServerThread(app).start()
+    try:
+        assert raw_request(f"{server.url}/v1/models", method="GET")[0] == 200
+        assert raw_request(f"{server.url}/v1/models", headers={"Origin": "http://localhost:3000"}, method="GET")[0] == 200
+        status, _, body = raw_request(f"{server.url}/v1/images/generations", headers={
+            "Content-Type": "application/json", "Origin": "http://evil.example"})
+        assert status == 403 and b"cross_site_request" in body and fake.received == []
+        assert raw_request(f"{server.url}/v1/models", headers={"Host": "evil.example"}, method="GET")[0] == 403
+    finally:
+        server.stop()
