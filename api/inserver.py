@@ -56,6 +56,7 @@ class InServerBackend(Backend):
     def __init__(self, prompt_server):
         self.server = prompt_server
         self._preview_jobs: dict[str, tuple[Job, asyncio.AbstractEventLoop]] = {}
+        self._preview_steps: dict[str, tuple[int, int]] = {}  # client id -> the sampler's last (value, max)
         self._tee_installed = False
 
     def _install_preview_tee(self) -> None:
@@ -63,8 +64,7 @@ class InServerBackend(Backend):
         if self._tee_installed:
             return
         original = self.server.send_sync
-        jobs = self._preview_jobs
-        steps: dict[str, tuple[int, int]] = {}
+        jobs, steps = self._preview_jobs, self._preview_steps
 
         def send_sync(event, data, sid=None):
             target = jobs.get(sid) if sid is not None else None
@@ -97,6 +97,7 @@ class InServerBackend(Backend):
 
     async def release(self, job: Job) -> None:
         self._preview_jobs.pop(job.client_id, None)
+        self._preview_steps.pop(job.client_id, None)
         if not job.uploads:
             return
         import folder_paths  # ComfyUI's
