@@ -117,6 +117,14 @@ def bridge():
     fake.thread.stop()
 
 
+valid_generations = st.fixed_dictionaries(
+    {"prompt": st.text(min_size=1, max_size=40).filter(str.strip), "model": st.just(MODEL), "size": st.just("64x64")},
+    optional={"n": st.integers(1, 4), "seed": st.integers(0, 2 ** 64 - 1), "steps": st.integers(1, 3),
+              "response_format": st.sampled_from(["b64_json", "url"]), "output_format": st.just("png"),
+              "negative_prompt": st.text(max_size=40), "quality": st.sampled_from(["low", "high", "auto", "hd"]),
+              "stream": st.booleans(), "partial_images": st.integers(0, 3), "user": st.text(max_size=10)})
+
+
 def post(url: str, raw: bytes, content_type: str) -> tuple[int, bytes, str]:
     request = urllib.request.Request(url, data=raw, headers={"Content-Type": content_type}, method="POST")
     try:
@@ -127,11 +135,14 @@ def post(url: str, raw: bytes, content_type: str) -> tuple[int, bytes, str]:
 
 
 @settings(FAST, max_examples=APP_EXAMPLES)
-@given(raw=st.one_of(raw_bodies(), bodies.map(lambda b: encoded({**b, "model": MODEL, "size": "64x64"}))),
+@given(raw=st.one_of(raw_bodies(), bodies.map(lambda b: encoded({**b, "model": MODEL, "size": "64x64"})),
+                     valid_generations.map(encoded)),
        path=st.sampled_from(["/v1/images/generations", "/v1/images/edits"]),
        content_type=st.sampled_from(["application/json", "application/json", "text/plain"]))
 def test_app_never_answers_a_server_error(bridge, raw, path, content_type):
     status, content, answer_type = post(bridge.url + path, raw, content_type)
     assert status < 500, content[:500]
+    if status == 200 and answer_type == "text/event-stream":
+        assert b"event: error" not in content, content[:500]
     if status >= 400:
         assert answer_type == "application/json" and "error" in json.loads(content)
