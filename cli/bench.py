@@ -103,6 +103,10 @@ def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
 
 
 def run_bench(args) -> int:
+    if getattr(args, "compile_check", False):
+        from .bench_compile import run_compile_check
+
+        return run_compile_check(args)
     if getattr(args, "gpu_check", False):
         from .bench_gpu import gpu_check_argument_error, run_gpu_check
 

@@ -22,6 +22,7 @@ COMMANDS = ("bench", "convert", "inspect", "queue", "serve")
 
 
 def add_bench_parser(subparsers) -> None:
+    from .bench_compile import add_compile_check_arguments
     from .bench_gpu import add_gpu_check_arguments
 
     bench = subparsers.add_parser("bench", help="time dequantization per GGML type and GGUF opening")
@@ -31,6 +32,7 @@ def add_bench_parser(subparsers) -> None:
     bench.add_argument("--skip-open", action="store_true", help="skip the Qwen3-4B-shaped open benchmark")
     bench.add_argument("--cache-dir", default=None, help="where to keep the generated benchmark GGUF")
     add_gpu_check_arguments(bench)
+    add_compile_check_arguments(bench)
 
 
 def _add_command(subparsers, command: str):
