@@ -2,7 +2,10 @@
 
 1. Dequantization on CUDA, every GGML type of the kernel table: random blocks (the table's own
    `random_blocks`) dequantized on the GPU and on the CPU, compared bit for bit (float16, bfloat16,
-   float32 outputs; two NaNs count as equal whatever their payload).
+   float32 outputs; two NaNs count as equal whatever their payload), once with the torch kernels
+   on the GPU and once with the pack's default backend (Triton where the type has a kernel).
+   Then its speed: a 3840x10240 weight into a preallocated bfloat16 `out`, torch and Triton
+   backends, beside a `copy_` of the same output size; GB/s counts bytes read plus written.
 2. A real ComfyUI on CUDA (`main.py` without `--cpu`), the Z-Image Turbo graph of the end-to-end
    benchmark (tests/integration/bench_e2e.py: the shallow full-width test models, generated once
    into the test cache) with native bf16 (ComfyUI's loaders, bf16 encoder) and this pack's GGUF
@@ -10,7 +13,9 @@
    servers: DynamicVRAM on (ComfyUI's default on NVIDIA) and off (`--disable-dynamic-vram`), each
    without and with a VRAM cap (`--reserve-vram`, computed so that only `--vram-left` GiB of the
    card stay for ComfyUI, which makes it offload weights it cannot fit), plus LoRA runs
-   (LoraLoaderModelOnly, a rank-8 LoRA on five modules) in the first server.
+   (LoraLoaderModelOnly, a rank-8 LoRA on five modules) in the first server. The first mode runs
+   twice: with the default dequantization backend (auto: Triton) and with the torch kernels
+   (ZIMAGE_GGUF_DEQUANT_BACKEND=torch), each with its own native bf16 run for "x native".
 
 Figures: s/it is the median of the server's step-to-step `progress` times (the first step, which
 loads the model, left out); VRAM is the peak, polled every 0.2 s with `nvidia-smi
@@ -42,12 +47,14 @@ import numpy as np
 import torch
 
 from ..ops import QUANT_TYPES, dequantize
+from ..ops.dequant import BACKEND_ENV, triton_refusal
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_FOLDER = "comfyui_zimage_gguf"
 DEQUANT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 DTYPE_NAMES = {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32"}
 DEQUANT_SHAPE = (64, 4096)  # 4096 is a multiple of every block size in the table (32 and 256)
+SPEED_SHAPE = (3840, 10240)  # a Z-Image feed-forward weight
 VRAM_POLL_S = 0.2
 LORA_TARGETS = {  # module -> (out, in) of its weight, Z-Image at full width (3840)
     "layers.0.attention.qkv": (3 * 3840, 3840),
@@ -131,8 +138,9 @@ def compare_bits(expected: torch.Tensor, actual: torch.Tensor) -> dict:
 
 
 def dequant_check(type_name: str, device: str, seed: int = 0, shape=DEQUANT_SHAPE,
-                  dtypes=DEQUANT_DTYPES) -> dict:
-    """Dequantize the same random blocks of one type on the CPU and on `device`; per-dtype comparisons."""
+                  dtypes=DEQUANT_DTYPES, backend: str | None = None) -> dict:
+    """Dequantize the same random blocks of one type on the CPU (torch kernels) and on `device` (with
+    `backend`: None is the pack's default choice); per-dtype comparisons."""
     qt = next(t for t in QUANT_TYPES.values() if t.ggml_type.name == type_name)
     n_blocks = shape[0] * shape[1] // qt.block_size
     raw = torch.from_numpy(np.ascontiguousarray(qt.random_blocks(n_blocks, np.random.default_rng(seed))))
@@ -140,12 +148,12 @@ def dequant_check(type_name: str, device: str, seed: int = 0, shape=DEQUANT_SHAP
     moved = raw.to(device)
     results = {}
     for dtype in dtypes:
-        cpu = dequantize(raw, qt.ggml_type, shape, dtype)
-        other = dequantize(moved, qt.ggml_type, shape, dtype)
+        cpu = dequantize(raw, qt.ggml_type, shape, dtype, backend="torch")
+        other = dequantize(moved, qt.ggml_type, shape, dtype, backend=backend)
         if other.device.type != torch.device(device).type:
             raise RuntimeError(f"{type_name}: dequantize returned a tensor on {other.device}, not {device}")
         results[DTYPE_NAMES[dtype]] = compare_bits(cpu, other)
-    return {"type": type_name, "results": results}
+    return {"type": type_name, "results": results, "backend": backend or "auto"}
 
 
 def dequant_row(check: dict) -> tuple:
@@ -155,7 +163,63 @@ def dequant_row(check: dict) -> tuple:
     else:
         result = "MISMATCH " + "; ".join(f"{name} {r['mismatches']}/{r['elements']} max|d| {r['max_abs_diff']:.3g}"
                                          for name, r in bad.items())
-    return ("dequant cuda vs cpu", check["type"], result, "-", "-", "-", "-")
+    return (f"dequant cuda ({check.get('backend', 'auto')}) vs cpu", check["type"], result, "-", "-", "-", "-")
+
+
+def _median_seconds(fn, synchronize, repeat: int) -> float:
+    fn()
+    synchronize()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def dequant_speed(type_name: str, device: str, shape=SPEED_SHAPE, dtype=torch.bfloat16, repeat: int = 20) -> dict:
+    """Dequantization speed of one type into a preallocated `out` with each backend, and a copy_ of
+    the same output size: {"type", "bytes": (raw, out), "seconds": {backend or "copy": s or the
+    reason it cannot run}}. GB/s counts the bytes read plus written (a copy reads and writes out)."""
+    qt = next(t for t in QUANT_TYPES.values() if t.ggml_type.name == type_name)
+    n_blocks = shape[0] * shape[1] // qt.block_size
+    raw = torch.from_numpy(np.ascontiguousarray(qt.random_blocks(n_blocks, np.random.default_rng(0))))
+    raw = raw.reshape(-1).to(device)
+    out = torch.empty(shape, dtype=dtype, device=device)
+    source = torch.empty(shape, dtype=dtype, device=device).normal_()
+    target = torch.empty_like(source)
+    synchronize = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    seconds = {}
+    for backend in ("torch", "triton"):
+        refusal = triton_refusal(qt, raw.device, dtype) if backend == "triton" else None
+        if refusal:
+            seconds[backend] = refusal
+            continue
+        try:
+            seconds[backend] = _median_seconds(
+                lambda: dequantize(raw, qt.ggml_type, shape, dtype, out=out, backend=backend), synchronize, repeat)
+        except Exception as error:  # noqa: BLE001 - a failing backend is a result of the check
+            seconds[backend] = f"FAILED: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}"[:120]
+    seconds["copy"] = _median_seconds(lambda: target.copy_(source), synchronize, repeat)
+    return {"type": type_name, "bytes": (raw.numel(), out.numel() * out.element_size()), "seconds": seconds}
+
+
+def speed_row(speed: dict) -> tuple:
+    raw_bytes, out_bytes = speed["bytes"]
+    moved = {"torch": raw_bytes + out_bytes, "triton": raw_bytes + out_bytes, "copy": 2 * out_bytes}
+    cells, failed = [], False
+    for name, value in speed["seconds"].items():
+        if isinstance(value, str):
+            cells.append(f"{name} {value}")
+            failed |= value.startswith("FAILED")
+        else:
+            cells.append(f"{name} {moved[name] / value / 1e9:.1f} GB/s ({value * 1e3:.2f} ms)")
+    copy_s, triton_s = speed["seconds"]["copy"], speed["seconds"].get("triton")
+    if isinstance(triton_s, float):
+        cells.append(f"triton {triton_s / copy_s:.2f}x copy time")
+    result = ("FAILED " if failed else "") + "; ".join(cells)
+    return ("dequant GB/s", speed["type"], result, "-", "-", "-", "-")
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -263,6 +327,15 @@ def server_modes(vram_left: float, free_gib: float) -> list[tuple[str, list[str]
     ]
 
 
+def server_runs(modes) -> list[tuple]:
+    """(mode, extra args, dequantization backend, LoRA runs?) per ComfyUI server: the first mode
+    twice, with the pack's default backend (auto: Triton on CUDA where it compiles) and with the
+    torch kernels, each beside native bf16 in the same server; the other modes with auto only."""
+    (first_mode, first_extra), *others = modes
+    return ([(first_mode, first_extra, "auto", True), (first_mode, first_extra, "torch", False)]
+            + [(mode, extra, "auto", False) for mode, extra in others])
+
+
 def with_lora(comfy_server, workflow: dict, lora_name: str) -> dict:
     workflow = dict(workflow)
     workflow["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
@@ -313,9 +386,10 @@ def comfy_rows(args, deadline: float) -> list[tuple]:
     variants = [("native bf16", "native", "native")] + [(f"pack {t}", "pack", t) for t in args.models]
     free_gib = torch.cuda.mem_get_info()[0] / 2**30
     rows = []
-    for mode_index, (mode, extra) in enumerate(server_modes(args.vram_left, free_gib)):
+    for mode, extra, backend, lora_runs in server_runs(server_modes(args.vram_left, free_gib)):
+        mode = f"{mode}, dequant {backend}"
         plan = [(label, loaders, variant, False) for label, loaders, variant in variants]
-        if mode_index == 0:
+        if lora_runs:
             plan += [(label + " +LoRA", loaders, variant, True) for label, loaders, variant in variants]
         if time.monotonic() > deadline:
             rows += [(f"comfy {label}", mode, "skipped (--time-limit)", "-", "-", "-", "-") for label, *_ in plan]
@@ -324,7 +398,7 @@ def comfy_rows(args, deadline: float) -> list[tuple]:
         base_dir = Path(tempfile.mkdtemp(prefix="gpu-check-server-"))
         try:
             server = comfy_server.start_server(args.comfyui_path, sys.executable, base_dir, model_root,
-                                               {PACK_FOLDER: REPO_ROOT}, env={"ZIMAGE_GGUF_STRICT": "1"},
+                                               {PACK_FOLDER: REPO_ROOT}, env={"ZIMAGE_GGUF_STRICT": "1", BACKEND_ENV: backend},
                                                extra_args=tuple(extra), cpu=False)
         except Exception as error:  # noqa: BLE001 - one failed server must not lose the other rows
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -389,7 +463,9 @@ def run_gpu_check(args) -> int:
     device_name = torch.cuda.get_device_name(0)
     print(f"GPU check on {device_name}, torch {torch.__version__} (CUDA {torch.version.cuda})", flush=True)
     type_names = args.types or [t.name for t in QUANT_TYPES]
-    rows = [dequant_row(dequant_check(name, "cuda")) for name in type_names]
+    rows = [dequant_row(dequant_check(name, "cuda", backend=backend)) for backend in ("torch", None)
+            for name in type_names]
+    rows += [speed_row(dequant_speed(name, "cuda")) for name in type_names]
     if not args.dequant_only:
         rows += comfy_rows(args, deadline)
     print()

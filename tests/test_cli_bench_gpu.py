@@ -181,3 +181,31 @@ def test_lora_is_inserted_between_the_loader_and_the_sampler():
         "model": [comfy_server.UNET_NODE, 0], "lora_name": "l.safetensors", "strength_model": 1.0}}
     assert patched["shift"]["inputs"]["model"] == ["lora", 0]
     assert workflow["shift"]["inputs"]["model"] == [comfy_server.UNET_NODE, 0]  # the original is untouched
+
+
+def test_dequant_speed_times_each_backend_and_a_copy_or_says_why_not():
+    speed = bench_gpu.dequant_speed("Q4_0", "cpu", shape=(8, 256), repeat=2)
+    assert speed["type"] == "Q4_0" and speed["bytes"] == (8 * 256 // 32 * 18, 8 * 256 * 2)
+    seconds = speed["seconds"]
+    assert isinstance(seconds["torch"], float) and isinstance(seconds["copy"], float)
+    # Triton needs a GPU (or the interpreter): on this CPU tensor the cell says why instead
+    assert isinstance(seconds["triton"], str)
+    assert "the tensor is on the CPU" in seconds["triton"] or "triton does not import" in seconds["triton"]
+
+
+def test_speed_row_reports_gb_per_s_of_bytes_read_plus_written():
+    speed = {"type": "Q8_0", "bytes": (34_000_000, 64_000_000),
+             "seconds": {"torch": 0.01, "triton": 0.001, "copy": 0.0008}}
+    row = bench_gpu.speed_row(speed)
+    assert len(row) == len(bench_gpu.TABLE_HEADERS) and row[:2] == ("dequant GB/s", "Q8_0")
+    assert row[2] == ("torch 9.8 GB/s (10.00 ms); triton 98.0 GB/s (1.00 ms); copy 160.0 GB/s (0.80 ms); "
+                      "triton 1.25x copy time")
+    failed = bench_gpu.speed_row({**speed, "seconds": {"torch": 0.01, "triton": "FAILED: boom", "copy": 0.001}})
+    assert failed[2].startswith("FAILED torch 9.8 GB/s")
+
+
+def test_server_runs_measure_both_backends_beside_native_in_the_first_mode():
+    runs = bench_gpu.server_runs(bench_gpu.server_modes(vram_left=2.0, free_gib=20.0))
+    assert [(mode, backend, lora) for mode, _, backend, lora in runs] == [
+        ("dynamic on", "auto", True), ("dynamic on", "torch", False), ("dynamic off", "auto", False),
+        ("dynamic on, cap 2 GiB", "auto", False), ("dynamic off, cap 2 GiB", "auto", False)]
