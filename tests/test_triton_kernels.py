@@ -6,9 +6,9 @@ tests/test_triton_compile_check.py; a real GPU run is `bench --gpu-check` (not r
 TRITON_INTERPRET=1 must be set when the kernels are defined: the `interpreted` fixture sets it for
 this module and (re)loads the kernel modules under it; other tests keep the environment they had.
 """
-import importlib
 import logging
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -49,10 +49,10 @@ def _all_interpreted(registry) -> bool:
 
 
 def _reload_kernel_modules():
-    """Define the kernels again (they were defined for the compiler by an earlier caller)."""
-    importlib.reload(importlib.import_module(f"{triton_kernels.__name__}.common"))
-    for family in triton_kernels.FAMILIES:
-        importlib.reload(importlib.import_module(f"{triton_kernels.__name__}.{family}"))
+    """Define the kernels again (an earlier caller defined them for the compiler): forget every
+    kernel module, so that the registry imports them all afresh, helpers before their users."""
+    for name in [name for name in sys.modules if name.startswith(f"{triton_kernels.__name__}.")]:
+        del sys.modules[name]
     triton_kernels._load.cache_clear()
 
 
