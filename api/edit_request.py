@@ -43,9 +43,31 @@ def too_large(what: str, limit: int) -> ApiError:
                     code="file_too_large")
 
 
+def _damaged_multipart() -> ApiError:
+    return bad_request("the multipart body cannot be read (a damaged part or boundary)", code="invalid_multipart")
+
+
+async def _next_part(reader):
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    try:
+        return await reader.next()
+    except (ValueError, AssertionError, HttpProcessingError):  # e.g. InvalidHeader in a part's headers
+        raise _damaged_multipart() from None
+
+
+async def _read_chunk(part) -> bytes:
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    try:
+        return await part.read_chunk(64 * 1024)
+    except (ValueError, AssertionError, HttpProcessingError):
+        raise _damaged_multipart() from None
+
+
 async def _read_part(part, limit: int, what: str) -> bytes:
     chunks, size = [], 0
-    while chunk := await part.read_chunk(64 * 1024):
+    while chunk := await _read_chunk(part):
         size += len(chunk)
         if size > limit:
             raise too_large(what, limit)
@@ -79,7 +101,7 @@ def _edit_from_body(body: dict, image: bytes | None, mask: bytes | None) -> Edit
                           "image", code="missing_required_parameter")
     params = GenerationRequest(**generation_fields(body))
     fidelity = body.get("input_fidelity")
-    if fidelity is not None and fidelity not in FIDELITY_DENOISE:
+    if fidelity is not None and (not isinstance(fidelity, str) or fidelity not in FIDELITY_DENOISE):
         raise bad_request(f"input_fidelity must be high or low, got {fidelity!r}", "input_fidelity")
     strength = body.get("strength")
     if strength is not None:
@@ -107,7 +129,7 @@ async def read_edit_request(request, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_
         except (ValueError, AssertionError):
             raise bad_request("the multipart body cannot be read", code="invalid_multipart") from None
         fields, image, mask = {}, None, None
-        while (part := await reader.next()) is not None:
+        while (part := await _next_part(reader)) is not None:
             name = part.name or ""
             if name in IMAGE_FIELDS:
                 content = await _read_part(part, max_upload_bytes, "image")

@@ -55,10 +55,22 @@ def encoded(body) -> bytes:
     return json.dumps(body, allow_nan=True).encode()
 
 
+valid_generations = st.fixed_dictionaries(
+    {"prompt": st.text(min_size=1, max_size=40).filter(str.strip), "model": st.just(MODEL), "size": st.just("64x64")},
+    optional={"n": st.integers(1, 4), "seed": st.integers(0, 2 ** 64 - 1), "steps": st.integers(1, 3),
+              "response_format": st.sampled_from(["b64_json", "url"]), "output_format": st.just("png"),
+              "negative_prompt": st.text(max_size=40), "quality": st.sampled_from(["low", "high", "auto", "hd"]),
+              "stream": st.booleans(), "partial_images": st.integers(0, 3), "user": st.text(max_size=10)})
+
+
 @st.composite
 def raw_bodies(draw) -> bytes:
     """JSON text of a body, a non-object, or such text cut, spliced or wrapped in deep nesting."""
-    raw = encoded(draw(st.one_of(bodies, values)))
+    body = draw(st.one_of(bodies, values, valid_generations))
+    if isinstance(body, dict) and draw(st.booleans()):  # a body that passes the first checks, with some fields wrong
+        body = {**draw(valid_generations), "images": [{"image_url": "data:image/png;base64,AAAA"}],
+                **draw(st.dictionaries(st.sampled_from(FIELDS), values, min_size=1, max_size=3))}
+    raw = encoded(body)
     mutation = draw(st.sampled_from(["none", "none", "cut", "splice", "nest", "bytes"]))
     if mutation == "cut":
         raw = raw[: draw(st.integers(0, len(raw)))]
@@ -115,14 +127,6 @@ def bridge():
     yield api
     api.stop()
     fake.thread.stop()
-
-
-valid_generations = st.fixed_dictionaries(
-    {"prompt": st.text(min_size=1, max_size=40).filter(str.strip), "model": st.just(MODEL), "size": st.just("64x64")},
-    optional={"n": st.integers(1, 4), "seed": st.integers(0, 2 ** 64 - 1), "steps": st.integers(1, 3),
-              "response_format": st.sampled_from(["b64_json", "url"]), "output_format": st.just("png"),
-              "negative_prompt": st.text(max_size=40), "quality": st.sampled_from(["low", "high", "auto", "hd"]),
-              "stream": st.booleans(), "partial_images": st.integers(0, 3), "user": st.text(max_size=10)})
 
 
 def post(url: str, raw: bytes, content_type: str) -> tuple[int, bytes, str]:

@@ -330,3 +330,21 @@ def test_in_server_routes_check_requests_only_when_comfyuis_middleware_is_off(fa
         assert raw_request(f"{server.url}/v1/models", headers={"Host": "evil.example"}, method="GET")[0] == 403
     finally:
         server.stop()
+
+
+def test_edit_fields_of_the_wrong_type_are_400(bridge):
+    # found by schemathesis: input_fidelity {} raised TypeError (unhashable) -> 500
+    body = b'{"prompt": "p", "images": [{"image_url": "data:image/png;base64,AAAA"}], "input_fidelity": {}}'
+    status, _, answer = raw_request(f"{bridge.url}/v1/images/edits", body=body,
+                                    headers={"Content-Type": "application/json"})
+    assert status == 400 and b'"param": "input_fidelity"' in answer
+
+
+def test_a_damaged_multipart_part_is_400(bridge):
+    # found by schemathesis: a part header aiohttp cannot parse raised InvalidHeader -> 500
+    boundary = b"b0undary"
+    body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="prompt"\r\n\r\na fox\r\n--' + boundary
+            + b'\r\nContent-Disposition: form-data; name="\x1f\x0b"\r\n\r\n{}\r\n--' + boundary + b"--\r\n")
+    status, _, answer = raw_request(f"{bridge.url}/v1/images/edits", body=body,
+                                    headers={"Content-Type": "multipart/form-data; boundary=b0undary"})
+    assert status == 400 and b"invalid_multipart" in answer

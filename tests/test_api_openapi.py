@@ -57,3 +57,34 @@ def test_every_generation_field_is_described(spec):
     assert set(edits) == {"multipart/form-data", "application/json"}
     answer = spec["paths"]["/v1/images/generations"]["post"]["responses"]["200"]["content"]
     assert set(answer) == {"application/json", "text/event-stream"}
+
+
+# --- schemathesis against the bridge app in process (the real-server run: tests/integration/test_api_schema.py)
+
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, settings  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    content_type_conformance, response_headers_conformance, response_schema_conformance, status_code_conformance,
+)
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+          response_schema_conformance]
+schema = schemathesis.openapi.from_path(SPEC_FILE)
+
+
+@pytest.fixture(scope="module")
+def keyed_bridge():
+    fake = start_fake()
+    api = start_api([fake.url], api_key="sk-schema", max_waiting=64)
+    yield api
+    api.stop()
+    fake.thread.stop()
+
+
+@schema.parametrize()
+@settings(max_examples=30, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+def test_bridge_answers_match_the_description(case, keyed_bridge):
+    # One served model here, so a generated body without `model` runs (200, streamed or not) on the fake ComfyUI.
+    case.call_and_validate(base_url=keyed_bridge.url, headers={"Authorization": "Bearer sk-schema"}, checks=CHECKS,
+                           timeout=60)
