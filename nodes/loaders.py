@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 
 import torch
 
@@ -340,16 +341,32 @@ def tag_encoder(clip, encoder: dict) -> None:
     The tag is set on the CLIP's text model, which ComfyUI's CLIP.clone() shares, so clones made by
     LoRA loaders or CLIP Set Last Layer keep it; each loaded encoder has its own text model.
     """
-    model = clip.cond_stage_model
-    encode = model.encode_token_weights
+    def wrap(encode):
+        def encode_token_weights(token_weight_pairs):
+            out = encode(token_weight_pairs)
+            extra = dict(out[2]) if len(out) > 2 and isinstance(out[2], dict) else {}
+            extra[ENCODER_TAG] = dict(encoder)
+            return (out[0], out[1], extra) + tuple(out[3:])
+        return encode_token_weights
 
-    def encode_token_weights(token_weight_pairs):
-        out = encode(token_weight_pairs)
-        extra = dict(out[2]) if len(out) > 2 and isinstance(out[2], dict) else {}
-        extra[ENCODER_TAG] = dict(encoder)
-        return (out[0], out[1], extra) + tuple(out[3:])
+    _wrap_encode(clip.cond_stage_model, wrap)
 
-    model.encode_token_weights = encode_token_weights
+
+def _wrap_encode(model, wrap) -> None:
+    """Set `model.encode_token_weights = wrap(encode)`, `encode` calling what was there before, without
+    a reference from the model to itself. A bound method of the model kept in its own __dict__ is a
+    reference cycle: every swapped-out encoder then stayed in memory until Python's next full
+    garbage collection, and ComfyUI logged "Potential memory leak detected with model
+    ZImageTEModel_" on each swap (its LoadedModel saw the patcher gone but the model alive)."""
+    earlier = model.__dict__.get("encode_token_weights")  # an earlier wrapper: a plain function
+    if earlier is not None:
+        encode = earlier
+    else:
+        method, model_ref = type(model).encode_token_weights, weakref.ref(model)
+
+        def encode(token_weight_pairs):
+            return method(model_ref(), token_weight_pairs)
+    model.encode_token_weights = wrap(encode)
 
 
 def _unpermute(tensor, n_heads):
