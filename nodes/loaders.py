@@ -294,6 +294,7 @@ def load_text_encoder(path, clip_type="lumina2", model_options=None, device=None
         clip = comfy.sd.load_clip(ckpt_paths=[path], embedding_directory=embeddings, clip_type=clip_type_enum,
                                   model_options=model_options)
         tag_encoder(clip, {"file": os.path.basename(path)})
+        show_encode_progress(clip)
         return clip
 
     gguf_file = load_gguf(path)
@@ -321,6 +322,7 @@ def load_text_encoder(path, clip_type="lumina2", model_options=None, device=None
     clip.patcher = as_gguf_patcher(clip.patcher)
     tag_encoder(clip, {"file": os.path.basename(path), "display": known.display, "family": config.family,
                        "width": config.hidden_size})
+    show_encode_progress(clip)
     log.info("Z-Image GGUF: %s: %s text encoder (%d layers, %d wide), %s; ComfyUI computes in %s "
              "(weights dequantized per layer to it)", os.path.basename(path), known.display, config.n_layers,
              config.hidden_size, stats.summary(), _dtype_name(_clip_compute_dtype(clip)))
@@ -367,6 +369,48 @@ def _wrap_encode(model, wrap) -> None:
         def encode(token_weight_pairs):
             return method(model_ref(), token_weight_pairs)
     model.encode_token_weights = wrap(encode)
+
+
+def _comfy_progress_bar(total: int):
+    import comfy.utils
+
+    return comfy.utils.ProgressBar(total)
+
+
+def show_encode_progress(clip, progress_bar=_comfy_progress_bar) -> int:
+    """Show prompt encoding in ComfyUI's progress bar, one step per transformer layer (the longest
+    ModuleList of the text model; Qwen3-4B: 36), on the node that encodes (CLIP Text Encode). On a
+    CPU an encode takes tens of seconds; ComfyUI's progress hook also lets a user interrupt between
+    layers. Returns the number of layers found (0: nothing shown). Set on the text model, which
+    clones share, like tag_encoder."""
+    import torch.nn as nn
+
+    model = clip.cond_stage_model
+    layers = max((m for m in model.modules() if isinstance(m, nn.ModuleList)), key=len, default=())
+    if len(layers) < 2:
+        return 0
+    encoding, count = {"bar": None}, len(layers)  # the hooks hold no module: no reference cycle
+
+    def after_layer(index):
+        def hook(module, args, output):
+            if encoding["bar"] is not None:
+                encoding["bar"].update_absolute(index + 1, count)
+        return hook
+
+    for index, layer in enumerate(layers):
+        layer.register_forward_hook(after_layer(index))
+
+    def wrap(encode):
+        def encode_token_weights(token_weight_pairs):
+            encoding["bar"] = progress_bar(count)
+            try:
+                return encode(token_weight_pairs)
+            finally:
+                encoding["bar"] = None
+        return encode_token_weights
+
+    _wrap_encode(model, wrap)
+    return count
 
 
 def _unpermute(tensor, n_heads):

@@ -114,3 +114,42 @@ def test_diffusion_model_in_the_text_encoder_loader_names_the_node_and_folder(tm
     assert len(first) <= 120
     assert details[0].startswith("It is not a text encoder. Move the file into ComfyUI/models/diffusion_models")
     assert str(path) in details[1]
+
+
+def test_prompt_encoding_reports_one_progress_step_per_layer():
+    import types
+
+    import torch
+    import torch.nn as nn
+
+    from comfyui_zimage_gguf.nodes.loaders import show_encode_progress
+
+    class TextModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+            self.heads = nn.ModuleList([nn.Linear(4, 4)])  # a shorter list: not the layers
+
+        def encode_token_weights(self, token_weight_pairs):
+            x = self.embed(torch.tensor(token_weight_pairs))
+            for layer in self.layers:
+                x = layer(x)
+            return x, None
+
+    class Bar:
+        def __init__(self, total):
+            self.total, self.steps = total, []
+            bars.append(self)
+
+        def update_absolute(self, value, total):
+            self.steps.append((value, total))
+
+    bars = []
+    clip = types.SimpleNamespace(cond_stage_model=TextModel())
+    assert show_encode_progress(clip, progress_bar=Bar) == 3
+    with torch.inference_mode():
+        clip.cond_stage_model.encode_token_weights([1, 2])
+    assert [(bar.total, bar.steps) for bar in bars] == [(3, [(1, 3), (2, 3), (3, 3)])]
+    clip.cond_stage_model.layers[0](torch.zeros(4))  # outside an encode: no bar is touched
+    assert len(bars) == 1 and len(bars[0].steps) == 3
