@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 # One entry per family module; adding a family is one name here.
-FAMILIES = ("floats", "legacy", "kquants", "iq4")
+FAMILIES = ("floats", "legacy", "kquants", "iq4", "iquants", "fp4_ternary", "sign_bits")
 
 OUTPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
