@@ -45,7 +45,9 @@ ENCODER_TAG = "zimage_gguf_text_encoder"
 DIFFUSION_TOOLTIPS = {
     "unet_name": "The diffusion model GGUF (e.g. z_image_turbo-Q8_0.gguf), from models/diffusion_models or "
                  "models/unet. Text encoder GGUFs are not listed here: they go in the text encoder loader.",
-    "dequant_dtype": "Precision of the weights when a LoRA is added to them. auto: the precision the model runs in. "
+    "dequant_dtype": "lora_dtype: the precision a LoRA's patches are added to the weights in (saved workflows call this "
+                     "input dequant_dtype; it does not change how weights without a LoRA are dequantized). "
+                     "auto: the precision the model runs in. "
                      "Only matters with a LoRA: pick float32 if a LoRA's effect looks wrong or washed out (slower); "
                      "without a LoRA, leave auto.",
     "patch_on_device": "Keep LoRA weights on the GPU. Turn on for faster steps with a LoRA when you have VRAM to "
@@ -147,7 +149,9 @@ class ZImageGGUFDiffusionModelLoader:
         return {
             "required": {
                 "unet_name": (_gguf_files("diffusion_models", DIFFUSION), {"tooltip": tips["unet_name"]}),
-                "dequant_dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip": tips["dequant_dtype"]}),
+                # The input keeps its name so saved workflows load; the editor labels it for what it does.
+                "dequant_dtype": (list(DTYPE_CHOICES), {"default": "auto", "display_name": "lora_dtype",
+                                                        "tooltip": tips["dequant_dtype"]}),
                 "patch_on_device": ("BOOLEAN", {"default": False, "tooltip": tips["patch_on_device"]}),
             }
         }
