@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import sys
 
 import torch
@@ -33,7 +32,8 @@ from gguf import GGMLQuantizationType
 from .buffers import DEQUANT_POOL
 from .dequant import dequantize
 from .linear import quantized_linear
-from .quant_types import QUANT_TYPES, quant_type
+from .quant_types import QUANT_TYPES
+from .rows import embedding_rows as raw_embedding_rows, row_view_shape
 from .tensor import FALLBACKS
 from .tensor import QuantizedTensor as PackQuantizedTensor
 
@@ -155,14 +155,12 @@ def register() -> dict[GGMLQuantizationType, type]:
         return embedding_rows(weight, indices, weight.dtype)
 
     def _row_view(qt, args, kwargs):
-        tensor, size = args[0], list(args[1])
-        if -1 in size:
-            known = math.prod(s for s in size if s != -1)
-            size[size.index(-1)] = tensor.numel() // max(known, 1)
-        if math.prod(size) == tensor.numel() and size and size[-1] == tensor.shape[-1]:
-            params = dataclasses.replace(tensor._params, orig_shape=tuple(size))
+        tensor, size = args[0], args[1]
+        rows_kept = row_view_shape(tensor.shape, size)
+        if rows_kept is not None:
+            params = dataclasses.replace(tensor._params, orig_shape=tuple(rows_kept))
             return tensor._copy_with(params=params, clone_params=False)
-        return _fallback(aten.view.default, (tensor, size), kwargs)
+        return _fallback(aten.view.default, (tensor, list(size)), kwargs)
 
     register_layout_op(aten.view.default, GGMLLayout)(_row_view)
     register_layout_op(aten._unsafe_view.default, GGMLLayout)(_row_view)
@@ -242,13 +240,5 @@ def to_comfy_state_dict(state_dict: dict) -> dict:
 
 
 def embedding_rows(weight, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Rows `ids` of a GGML table in `dtype`, on ids' device, dequantizing only those rows.
-
-    GGML rows are independent runs of whole blocks, so a row's bytes are a slice of `_qdata`.
-    """
-    n_rows, row_len = weight.shape
-    qdata = weight._qdata
-    rows = qdata.view(n_rows, -1).index_select(0, ids.reshape(-1).to(qdata.device))
-    rows = rows.to(ids.device, non_blocking=True)
-    qt = quant_type(weight._params.ggml_type)
-    return dequantize(rows, qt.ggml_type, (rows.shape[0], row_len), dtype).reshape(*ids.shape, row_len)
+    """Rows `ids` of a GGML-layout table in `dtype`, on ids' device, dequantizing only those rows."""
+    return raw_embedding_rows(weight._qdata, weight._params.ggml_type, tuple(weight.shape), ids, dtype)

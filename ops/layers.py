@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from .buffers import OUTPUT_BUFFERS
-from .dequant import dequantize
 from .linear import quantized_linear
+from .rows import embedding_rows
 from .tensor import QuantizedTensor
 
 
@@ -133,7 +133,7 @@ class _DequantEmbedding(DequantLayerMixin):
         dtype = out_dtype or self._float_dtype()
         weight = self.weight
         if isinstance(weight, QuantizedTensor) and not self.weight_function and self.max_norm is None:
-            return _embedding_rows(weight, input, dtype)
+            return embedding_rows(weight.raw, weight.ggml_type, tuple(weight.shape), input, dtype)
         weight = materialize(weight, self.layer_options.dequant_dtype or dtype, input.device)
         for fn in self.weight_function:
             weight = fn(weight)
@@ -141,14 +141,6 @@ class _DequantEmbedding(DequantLayerMixin):
             input, weight.to(dtype), self.padding_idx, self.max_norm, self.norm_type,
             self.scale_grad_by_freq, self.sparse,
         )
-
-
-def _embedding_rows(weight: QuantizedTensor, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Look up rows without dequantizing the whole table: GGML rows are independent runs of blocks."""
-    n_rows, row_len = weight.shape
-    rows = weight.raw.view(n_rows, -1).index_select(0, ids.reshape(-1).to(weight.raw.device))
-    rows = rows.to(ids.device, non_blocking=True)
-    return dequantize(rows, weight.ggml_type, (rows.shape[0], row_len), dtype).reshape(*ids.shape, row_len)
 
 
 class _DequantLayerNorm(DequantLayerMixin):

@@ -12,7 +12,6 @@ which is what ComfyUI's memory planner should budget for.
 """
 from __future__ import annotations
 
-import math
 import os
 from contextlib import contextmanager
 
@@ -21,6 +20,7 @@ from gguf import GGMLQuantizationType
 
 from .dequant import dequantize
 from .quant_types import quant_type, rows_are_whole_blocks
+from .rows import row_view_shape
 
 aten = torch.ops.aten
 _NBYTES_DESCRIPTOR = torch.Tensor.nbytes
@@ -218,13 +218,8 @@ def _new_empty(self, size, dtype=None, layout=None, device=None, pin_memory=None
 
 def _view(self, size):
     """Views that keep whole rows of blocks (e.g. [3840] <-> [1, 3840]) stay quantized."""
-    size = list(size)
-    if -1 in size:
-        known = math.prod(s for s in size if s != -1)
-        size[size.index(-1)] = self.numel() // max(known, 1)
-    if math.prod(size) == self.numel() and size and size[-1] == self.shape[-1]:
-        return self._rewrap(self.raw, shape=size)
-    return NotImplemented
+    rows_kept = row_view_shape(self.shape, size)
+    return NotImplemented if rows_kept is None else self._rewrap(self.raw, shape=rows_kept)
 
 
 def _has_compatible_shallow_copy_type(self, source):
