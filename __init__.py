@@ -6,6 +6,8 @@ layouts with ComfyUI's quantization layer; elsewhere those steps do nothing.
 """
 from importlib.util import find_spec as _find_spec
 
+WEB_DIRECTORY = "./web"  # web/docs/<node class>.md: the help pages of the editor's node library (no scripts)
+
 if __package__ and _find_spec("torch") is not None:
     from .nodes.comfy_version import check_comfyui
 
