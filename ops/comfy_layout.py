@@ -38,9 +38,6 @@ from .tensor import FALLBACKS
 from .tensor import QuantizedTensor as PackQuantizedTensor
 
 LAYOUT_PREFIX = "ZImageGGUF_"
-# ComfyUI's first release whose comfy.quant_ops builds on comfy-kitchen's QuantizedTensor and
-# register_layout_class (commit 6da00dd8, January 2026).
-MIN_COMFYUI_VERSION = "0.8.0"
 
 
 def layout_name(ggml_type) -> str:

@@ -9,7 +9,7 @@ the encoders as llama.cpp Qwen3 models, the Z-Image files as Z-Image with ComfyU
 
 Skipped unless $ZIMAGE_GGUF_TOOLS_PYTHON names a Python that imports the tools (see
 tests/integration/tool_files.py); made files are cached in ~/.cache/comfyui_zimage_gguf/tool-made/.
-Run: ZIMAGE_GGUF_TOOLS_PYTHON=/tmp/tools-venv/bin/python python -m pytest tests/test_tool_made_files.py
+Run: ZIMAGE_GGUF_TOOLS_PYTHON=/path/to/tools-venv/bin/python python -m pytest tests/test_tool_made_kernels.py
 """
 from __future__ import annotations
 
