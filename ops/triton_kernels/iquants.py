@@ -192,6 +192,12 @@ def iq1_s(src, dst, n_blocks, grid, BLOCKS: tl.constexpr):
 
 
 @triton.jit
+def _three_bit_fields(word):
+    """[B] int32 -> [B, 4]: bits 3k..3k+2 of each word."""
+    return (word[:, None] >> (3 * tl.arange(0, 4))[None, :]) & 7
+
+
+@triton.jit
 def iq1_m(src, dst, n_blocks, grid, BLOCKS: tl.constexpr):
     # qs[32] (low 8 bits of each row of 8's grid index), qh[16] (low nibble of byte i: row 2i,
     # high: row 2i + 1; bits 0-2 the top index bits, bit 3 the sign of the delta), scales as four
@@ -207,7 +213,11 @@ def iq1_m(src, dst, n_blocks, grid, BLOCKS: tl.constexpr):
     w1, w3 = tl.split(odd)
     d_bits = (w0 >> 12) | ((w1 >> 8) & 0xF0) | ((w2 >> 4) & 0xF00) | (w3 & 0xF000)
     d = d_bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-    scales = tl.reshape((words[:, :, None] >> (3 * tl.arange(0, 4))) & 7, (BLOCKS, 16))
+    # the scales from the split words too: a second use of `words` in another shape made the ROCm
+    # compiler load the scale bytes twice (once per layout)
+    both = tl.join(tl.join(_three_bit_fields(w0), _three_bit_fields(w1)),
+                   tl.join(_three_bit_fields(w2), _three_bit_fields(w3)))  # [B, k, word & 1, word >> 1]
+    scales = tl.reshape(tl.permute(both, (0, 3, 2, 1)), (BLOCKS, 16))
     row_bits = tl.reshape(tl.join(qh & 15, qh >> 4), (BLOCKS, 32)).to(tl.int32)
     index = qs.to(tl.int32) | ((row_bits & 7) << 8)
     delta = tl.where((row_bits & 8) == 0, 0.125, -0.125)
