@@ -9,7 +9,7 @@ import pytest
 from comfyui_zimage_gguf.api.workflow_params import MissingNodeError, WorkflowError, apply_overrides, load_api_workflow
 
 API_WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "api" / "z_image_turbo_gguf_api.json"
-UI_WORKFLOW = API_WORKFLOW.parents[1] / "z_image_turbo_gguf.json"
+UI_WORKFLOW = API_WORKFLOW.parents[1] / "Z-Image Turbo GGUF - text to image.json"
 
 
 def sd_style_workflow() -> dict:

@@ -14,7 +14,7 @@ import pytest
 from comfyui_zimage_gguf.cli.queue import add_queue_parser, run_queue
 
 API_WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "api" / "z_image_turbo_gguf_api.json"
-UI_WORKFLOW = API_WORKFLOW.parents[1] / "z_image_turbo_gguf.json"
+UI_WORKFLOW = API_WORKFLOW.parents[1] / "Z-Image Turbo GGUF - text to image.json"
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 
 

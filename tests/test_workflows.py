@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
-UI_FILE = WORKFLOWS / "z_image_turbo_gguf.json"
+UI_FILE = WORKFLOWS / "Z-Image Turbo GGUF - text to image.json"
 API_FILE = WORKFLOWS / "api" / "z_image_turbo_gguf_api.json"
 
 
