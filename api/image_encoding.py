@@ -36,13 +36,17 @@ def _pillow():
     return Image
 
 
-def encode(image, output_format: str, compression: int | None = None) -> bytes:
-    """PNG bytes or a PIL image -> bytes in `output_format`; PNG bytes in and png out pass unchanged."""
-    if output_format == "png" and isinstance(image, (bytes, bytearray)) and bytes(image[:8]) == MAGIC["png"]:
+def encode(image, output_format: str, compression: int | None = None, size: tuple[int, int] | None = None) -> bytes:
+    """PNG bytes or a PIL image -> bytes in `output_format`, resized to `size` (width, height) when given;
+    PNG bytes in and png out at their own size pass unchanged."""
+    if (output_format == "png" and size is None and isinstance(image, (bytes, bytearray))
+            and bytes(image[:8]) == MAGIC["png"]):
         return bytes(image)
     Image = _pillow()
     if isinstance(image, (bytes, bytearray)):
         image = Image.open(io.BytesIO(image))
+    if size is not None and image.size != tuple(size):
+        image = image.convert("RGB").resize(tuple(size), Image.Resampling.BILINEAR)
     quality = DEFAULT_COMPRESSION if compression is None else compression
     out = io.BytesIO()
     if output_format == "png":

@@ -350,7 +350,11 @@ class ImageApi:
         """Send the preview as partial image number `sent` when it is due; 1 when sent, else 0."""
         if sent >= params.partial_images or not _partial_due(sent, params.partial_images, preview.step, preview.total):
             return 0
-        content = await asyncio.to_thread(encode, preview.image, params.output_format, params.output_compression)
+        # ComfyUI's previews are latent-sized (in-server) or fitted to its --preview-size (websocket):
+        # partials come at the answer's size, as OpenAI's do
+        width, _, height = fields["size"].partition("x")
+        size = (int(width), int(height)) if width.isdigit() and height.isdigit() else None
+        content = await asyncio.to_thread(encode, preview.image, params.output_format, params.output_compression, size)
         await response.write(_sse(f"{kind}.partial_image", {
             "type": f"{kind}.partial_image", "b64_json": base64.b64encode(content).decode("ascii"),
             "partial_image_index": sent, "created_at": int(time.time()), **fields}))

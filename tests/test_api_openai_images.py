@@ -259,6 +259,7 @@ def test_stream_yields_the_requested_partials_then_completed(client, fake, parti
     assert [event.partial_image_index for event in events[:-1]] == list(range(partials))
     for event in events:
         assert base64.b64decode(event.b64_json)[:4] == WEBP and event.output_format == "webp"
+        assert Image.open(io.BytesIO(base64.b64decode(event.b64_json))).size == (64, 64)  # previews are 16x16
         assert event.size == "64x64" and event.quality == "high" and event.background == "opaque"
     # partials are the sampler's previews, spread over the run (the fake's grey level is its step)
     greys = [Image.open(io.BytesIO(base64.b64decode(e.b64_json))).convert("L").getpixel((8, 8)) for e in events[:-1]]

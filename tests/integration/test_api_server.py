@@ -356,8 +356,11 @@ def test_stream_yields_the_samplers_previews_then_completed(q4_client):
                                             partial_images=2, output_format="jpeg", extra_body={"seed": 22, "steps": 4}))
     assert [event.type for event in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
     assert [event.partial_image_index for event in events[:2]] == [0, 1]
+    from PIL import Image
+
     for event in events:
-        assert base64.b64decode(event.b64_json).startswith(JPEG)
+        content = base64.b64decode(event.b64_json)
+        assert content.startswith(JPEG) and Image.open(io.BytesIO(content)).size == (64, 64)
 
 
 def _saved_latent(server, prefix: str):
@@ -440,6 +443,9 @@ def test_bridge_lists_installed_models_uploads_edits_and_streams(installed_serve
                                              partial_images=2, extra_body={"seed": 26, "steps": 4}))
         assert [event.type for event in events] == ["image_generation.partial_image"] * 2 + [
             "image_generation.completed"]
+        from PIL import Image
+
+        assert {Image.open(io.BytesIO(base64.b64decode(event.b64_json))).size for event in events} == {(64, 64)}
     finally:
         bridge.terminate()
         output, _ = bridge.communicate(timeout=30)
