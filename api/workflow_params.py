@@ -77,7 +77,7 @@ def load_api_workflow(path) -> dict:
     except json.JSONDecodeError as error:
         raise WorkflowError(f"{path}: not JSON ({error.msg} at line {error.lineno})") from None
     if is_ui_format(data):
-        raise WorkflowError(f"{path}: this is a UI-format workflow; use the *_api.json file or export with Save (API)")
+        raise WorkflowError(f"{path}: this is a UI-format workflow; use the *_api.json file or export it with File → Export (API)")
     if not is_api_format(data):
         raise WorkflowError(
             f"{path}: not an API-format workflow (expected an object of nodes with class_type and inputs)"

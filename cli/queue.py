@@ -38,7 +38,7 @@ def add_queue_parser(subparsers) -> None:
         description="Queue an API-format workflow (e.g. workflows/api/z_image_turbo_gguf_api.json) on a "
         "ComfyUI server, follow it to the end and save the image it returns.",
     )
-    parser.add_argument("workflow", help="API-format workflow JSON (ComfyUI: Save (API))")
+    parser.add_argument("workflow", help="API-format workflow JSON (in the editor: File → Export (API))")
     parser.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI address (default %(default)s)")
     parser.add_argument("--prompt", help="text for the CLIPTextEncode feeding the sampler's positive input")
     parser.add_argument("--seed", type=int, help="sampler seed (default: the workflow's)")

@@ -139,7 +139,7 @@ def test_binary_file(tmp_path, capsys):
 def test_ui_format_file_names_the_fix(capsys):
     assert run_cli([str(UI_WORKFLOW), "--server", f"http://127.0.0.1:{closed_port()}"]) == 1
     assert one_line_error(capsys) == (
-        f"error: {UI_WORKFLOW}: this is a UI-format workflow; use the *_api.json file or export with Save (API)"
+        f"error: {UI_WORKFLOW}: this is a UI-format workflow; use the *_api.json file or export it with File → Export (API)"
     )
 
 
