@@ -1,6 +1,6 @@
 """Per-tensor type rules (ops.quant_rules) on a full-width Z-Image and a Qwen3-4B-shaped encoder.
 
-The expected types are the README table's rows, written out per tensor kind.
+The expected types are the rows of docs/CONVERTING.md's tables, written out per tensor kind.
 """
 import gguf
 import pytest

@@ -32,7 +32,7 @@ STARTUP_TIMEOUT_S = float(os.environ.get("ZIMAGE_GGUF_STARTUP_TIMEOUT", "300"))
 RUN_TIMEOUT_S = float(os.environ.get("ZIMAGE_GGUF_RUN_TIMEOUT", "1800"))
 SKIP_REASON = (
     "COMFYUI_PATH is not set: integration tests need a ComfyUI checkout "
-    "(e.g. COMFYUI_PATH=/tmp/ComfyUI; see the README's Testing section)"
+    "(e.g. COMFYUI_PATH=/tmp/ComfyUI; see CONTRIBUTING.md)"
 )
 
 
