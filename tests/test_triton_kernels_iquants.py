@@ -4,8 +4,14 @@ the torch kernels in float16, bfloat16 and float32 (and, in float32, against ggu
 every E8M0 exponent (subnormal, infinite scales), every UE4M3 scale byte (subnormal, 0x7F, bit 7),
 IQ1_M's block scale spread over four nibbles, every TQ1_0 byte (those past 242 wrap mod 256), and
 programs whose last one is partly masked. tests/test_triton_kernels.py covers the random blocks
-of every registered type, with extreme fp16 scales in the fields each kernel names.
+of every registered type, with extreme fp16 scales in the fields each kernel names. The last test
+compiles four of these kernels for real targets (`bench --compile-check`) and checks their bytes.
 """
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +27,7 @@ pytest.importorskip("triton", reason="triton is not installed: the Triton kernel
 pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning"),
               pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")]
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TYPES = (T.IQ1_S, T.IQ1_M, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.TQ1_0, T.TQ2_0, T.MXFP4, T.NVFP4,
          T.Q1_0)
 
@@ -82,3 +89,23 @@ def test_tq1_0_every_byte_value(interpreted):
     raw[:, 52:54] = np.float16(0.5).reshape(1).view(np.uint8)
     raw[1::2, 52:54] = np.resize(EXTREME_SCALES, 128).astype("<f2").view(np.uint8).reshape(128, 2)
     _check(interpreted[T.TQ1_0], raw)
+
+
+def test_compile_check_reads_each_block_byte_once_and_counts_codebooks_apart():
+    """The real compiler (sm_90, gfx942) accepts the kernels; per program the block bytes are read
+    once, the values written once, and the I-quants' codebook rows are listed as table traffic."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    types = ("IQ2_XS", "IQ1_M", "TQ1_0", "MXFP4")
+    result = subprocess.run([sys.executable, "-m", "comfyui_zimage_gguf", "bench", "--compile-check", "--types", *types,
+                             "--targets", "sm_90", "gfx942", "--dtypes", "bf16"],
+                            capture_output=True, text=True, timeout=600, cwd=REPO_ROOT.parent, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
+            if line.split()[:1] and line.split()[0] in types and len(line.split()) > 8}
+    # type, out, blocks, read, expected, written, expected, tables, lanes, targets..., result
+    assert rows["IQ2_XS"][2:8] == ["16", "1184", "1184", "8192", "8192", "4096"]  # one int8 grid value per weight
+    assert rows["IQ1_M"][2:8] == ["16", "896", "896", "8192", "8192", "4096"]
+    assert rows["TQ1_0"][2:8] == ["16", "864", "864", "8192", "8192", "0"]
+    assert rows["MXFP4"][2:8] == ["128", "2176", "2176", "8192", "8192", "0"]
+    for row in rows.values():
+        assert row[-3:] == ["sm_90", "gfx942", "ok"]
