@@ -1,4 +1,4 @@
-"""A text encoder the loader wrapped (conditioning tag) is freed as soon as its last
+"""A text encoder the loader wrapped (conditioning tag, progress bar) is freed as soon as its last
 reference goes, without waiting for Python's cycle collector. Before, the wrappers stored a bound
 method of the model in the model itself: a reference cycle that kept each swapped-out encoder alive
 until the next full collection, and made ComfyUI log "Potential memory leak detected with model
@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from comfyui_zimage_gguf.nodes.loaders import ENCODER_TAG, tag_encoder
+from comfyui_zimage_gguf.nodes.loaders import ENCODER_TAG, show_encode_progress, tag_encoder
 
 
 class TextModel(nn.Module):
@@ -27,6 +27,14 @@ class TextModel(nn.Module):
         return x, None, {}
 
 
+class Bar:
+    def __init__(self, total):
+        self.steps = []
+
+    def update_absolute(self, value, total):
+        self.steps.append(value)
+
+
 @pytest.fixture
 def no_cycle_collector():
     gc.collect()
@@ -38,6 +46,7 @@ def no_cycle_collector():
 def loaded_encoder():
     clip = types.SimpleNamespace(cond_stage_model=TextModel())
     tag_encoder(clip, {"file": "qwen.gguf"})
+    show_encode_progress(clip, progress_bar=Bar)
     return clip
 
 
