@@ -135,7 +135,7 @@ def test_comfy_layers_compute_with_gguf_weights_through_their_own_cast_path(comf
 
 
 def test_embedding_looks_up_rows_without_dequantizing_the_table(comfy, monkeypatch):
-    from comfyui_zimage_gguf.ops import comfy_layout
+    from comfyui_zimage_gguf.ops import rows as row_lookup
     from comfyui_zimage_gguf.ops.comfy_ops import make_layout_ops
 
     embedding = make_layout_ops().Embedding(1000, 512)
@@ -144,8 +144,8 @@ def test_embedding_looks_up_rows_without_dequantizing_the_table(comfy, monkeypat
         embedding.load_state_dict({"weight": table})
     ids = torch.tensor([[3, 999, 0, 3]])
     elements = []
-    real = comfy_layout.dequantize
-    monkeypatch.setattr(comfy_layout, "dequantize", lambda data, *a, **k: elements.append(a[1]) or real(data, *a, **k))
+    real = row_lookup.dequantize  # ops/rows.py: the one embedding-row lookup of both tensor kinds
+    monkeypatch.setattr(row_lookup, "dequantize", lambda data, *a, **k: elements.append(a[1]) or real(data, *a, **k))
     for out_dtype in (None, torch.float32, torch.float16):
         rows = embedding(ids, out_dtype=out_dtype)
         assert rows.dtype == (out_dtype or torch.bfloat16)
