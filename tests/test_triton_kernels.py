@@ -3,12 +3,11 @@ torch kernels bit for bit, in float16, bfloat16 and float32, for every registere
 backend switch of ops.dequantize. The compiler's side (PTX, bytes per program) is
 tests/test_triton_compile_check.py; a real GPU run is `bench --gpu-check` (not run here).
 
-TRITON_INTERPRET=1 must be set when the kernels are defined: the `interpreted` fixture sets it for
-this module and (re)loads the kernel modules under it; other tests keep the environment they had.
+TRITON_INTERPRET=1 must be set when the kernels are defined: the `interpreted` fixture
+(tests/helpers/triton_interpreter.py) sets it for this module and (re)loads the kernel modules
+under it; other tests keep the environment they had.
 """
 import logging
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -16,6 +15,8 @@ import torch
 
 from comfyui_zimage_gguf.errors import ZImageGGUFError
 from comfyui_zimage_gguf.ops import QUANT_TYPES, dequant, dequantize, triton_kernels
+
+from helpers.triton_interpreter import interpreted_registry
 
 pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot be checked")
 # the large scales overflow float16 on purpose (inf, as torch gives); numpy warns in the interpreter
@@ -31,29 +32,8 @@ EXTREME_SCALES = np.array([0.0, -0.0, 2.0**-24, -3 * 2.0**-20, 2.0**-14, 1 / 3, 
 @pytest.fixture(scope="module")
 def interpreted():
     """The registry, its kernels defined under TRITON_INTERPRET=1 (restored afterwards)."""
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        if not _all_interpreted(triton_kernels.registry()):
-            _reload_kernel_modules()
-        yield triton_kernels.registry()
-    finally:
-        if previous is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
-
-
-def _all_interpreted(registry) -> bool:
-    return all(type(kernel.fn).__name__ == "InterpretedFunction" for kernel in registry.values())
-
-
-def _reload_kernel_modules():
-    """Define the kernels again (an earlier caller defined them for the compiler): forget every
-    kernel module, so that the registry imports them all afresh, helpers before their users."""
-    for name in [name for name in sys.modules if name.startswith(f"{triton_kernels.__name__}.")]:
-        del sys.modules[name]
-    triton_kernels._load.cache_clear()
+    with interpreted_registry() as registry:
+        yield registry
 
 
 def _blocks(ggml_type, n_blocks: int, seed: int) -> torch.Tensor:
