@@ -4,8 +4,11 @@ ComfyUI modules are imported inside methods so this module imports without Comfy
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
+import sys
 import weakref
 
 import torch
@@ -299,6 +302,7 @@ def load_text_encoder(path, clip_type="lumina2", model_options=None, device=None
                                   model_options=model_options)
         tag_encoder(clip, {"file": os.path.basename(path)})
         show_encode_progress(clip)
+        return_freed_memory_at_first_encode(clip)
         return clip
 
     gguf_file = load_gguf(path)
@@ -327,6 +331,7 @@ def load_text_encoder(path, clip_type="lumina2", model_options=None, device=None
     tag_encoder(clip, {"file": os.path.basename(path), "display": known.display, "family": config.family,
                        "width": config.hidden_size})
     show_encode_progress(clip)
+    return_freed_memory_at_first_encode(clip)
     log.info("Z-Image GGUF: %s: %s text encoder (%d layers, %d wide), %s; ComfyUI computes in %s "
              "(weights dequantized per layer to it)", os.path.basename(path), known.display, config.n_layers,
              config.hidden_size, stats.summary(), _dtype_name(_clip_compute_dtype(clip)))
@@ -356,6 +361,43 @@ def tag_encoder(clip, encoder: dict) -> None:
         return encode_token_weights
 
     _wrap_encode(clip.cond_stage_model, wrap)
+
+
+def return_freed_memory_at_first_encode(clip) -> None:
+    """Hand the C heap's free pages back to the system once, when this encoder first encodes.
+
+    Torch frees a swapped-out encoder's weights into glibc's heap, which keeps most of them mapped:
+    the process's RssAnon then grows with every encoder swap although the memory is free (measured
+    on a real server, 20 swaps of a 701 MiB Qwen3-4B-shaped GGUF: +9% from the first five swaps'
+    peak to the last five's). In ComfyUI the previous encoder is dropped when the loader's new output
+    replaces it in the cache, before the first encode; malloc_trim then returns its pages."""
+    pending = [True]
+
+    def wrap(encode):
+        def encode_token_weights(token_weight_pairs):
+            if pending:
+                pending.clear()
+                _malloc_trim()
+            return encode(token_weight_pairs)
+        return encode_token_weights
+
+    _wrap_encode(clip.cond_stage_model, wrap)
+
+
+@functools.lru_cache(maxsize=None)
+def _libc_malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc; musl has no malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _malloc_trim() -> None:
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _wrap_encode(model, wrap) -> None:

@@ -64,3 +64,20 @@ def test_dropping_the_last_reference_frees_the_encoder_without_the_cycle_collect
     model = weakref.ref(clip.cond_stage_model)
     del clip
     assert model() is None, gc.get_referrers(model())
+
+
+def test_freed_heap_pages_are_returned_once_at_the_first_encode(monkeypatch, no_cycle_collector):
+    from comfyui_zimage_gguf.nodes import loaders
+
+    trims = []
+    monkeypatch.setattr(loaders, "_malloc_trim", lambda: trims.append(1))
+    clip = loaded_encoder()
+    loaders.return_freed_memory_at_first_encode(clip)
+    assert trims == []
+    with torch.inference_mode():
+        first = clip.cond_stage_model.encode_token_weights([1, 2])
+        clip.cond_stage_model.encode_token_weights([3])
+    assert trims == [1] and first[2][ENCODER_TAG] == {"file": "qwen.gguf"}
+    model = weakref.ref(clip.cond_stage_model)
+    del clip, first
+    assert model() is None  # no cycle through this wrapper either (refcounting alone freed it)
