@@ -126,17 +126,21 @@ class BlockFormat(ChunkFormat):
             start = 0
             for piece in q:
                 size = math.prod(piece.shape[1:])
-                _scale_into(values[:, start : start + size].view(piece.shape), piece, scale, minimum)
+                scale_into(values[:, start : start + size].view(piece.shape), piece, scale, minimum)
                 start += size
             return
-        run = self.block_size // scale.shape[1]  # elements per sub-block
-        if q.shape[-1] > run:
-            q = q.unflatten(-1, (-1, run))
-        _scale_into(values.view(q.shape), q, scale, minimum)
+        scale_into(values.view(q.shape), q, scale, minimum)
 
 
-def _scale_into(target: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None) -> None:
-    """target = scale * q [+ minimum], scale and minimum (m, n_sub) float32, in float32 arithmetic."""
+def scale_into(target: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None) -> None:
+    """target = scale * q [+ minimum], in float32 arithmetic, rounded once into target's dtype.
+
+    q and target have the same shape (m, ...), row-major in output order; scale and minimum are
+    float32 (m, n_sub), one value per equal run of the elements of each row.
+    """
+    run = math.prod(q.shape[1:]) // scale.shape[1]
+    if q.shape[-1] > run:
+        q, target = q.unflatten(-1, (-1, run)), target.unflatten(-1, (-1, run))
     scale = _per_element(scale, q.shape)
     minimum = None if minimum is None else _per_element(minimum, q.shape)
     if fused_arithmetic(target.device):
@@ -241,32 +245,49 @@ def _bit_shifts() -> np.ndarray:
     return np.arange(8, dtype=np.uint8).reshape(8, 1)
 
 
-# The plane helpers work on the bytes as one flat run with the plane as the OUTER dimension:
-# uint8 ops on short rows (16 or 32 bytes) fall back to scalar loops, flat ones vectorise.
-# Callers then pick their fields out of the planes with views, and the copy into the float32
-# values does the reordering. Passing a whole chunk avoids copying; passing a column slice
-# copies it first, which pays off when the field is a small part of the block.
+# The plane helpers split bytes into planes of bit fields, the plane as the OUTER dimension
+# (k, *raw shape), and take the field as `raw` plus an optional byte range [start, stop) of its
+# last dimension. Callers then pick their fields out of the planes with views, and the one op
+# that writes the values reads them in order.
+# - CPUs: uint8 ops on short rows (16 or 32 bytes) fall back to scalar loops, flat ones
+#   vectorise: the planes of the whole (contiguous) `raw` are made as one flat run, then the byte
+#   range is a view; a `raw` that is not contiguous (a permuted view) is copied first.
+# - Accelerators: only the byte range is read, in whatever layout `raw` has, and each plane is
+#   written once: the lowest field by a mask, the highest by a shift, the others by both.
 
-def _planes(raw: torch.Tensor, shifts, mask: int) -> torch.Tensor:
-    plane_shifts = shifts(raw.device, torch.uint8)
-    planes = raw.reshape(1, -1) >> plane_shifts
-    planes &= mask
-    return planes.view(plane_shifts.shape[0], *raw.shape)
+def _planes(raw: torch.Tensor, shifts, bits: int, start: int, stop: int | None) -> torch.Tensor:
+    mask = (1 << bits) - 1
+    if not fused_arithmetic(raw.device):
+        plane_shifts = shifts(raw.device, torch.uint8)
+        planes = raw.reshape(1, -1) >> plane_shifts
+        planes &= mask
+        return planes.view(plane_shifts.shape[0], *raw.shape)[..., start:stop]
+    raw = raw[..., start:stop]
+    count = 8 // bits
+    planes = torch.empty((count, *raw.shape), dtype=torch.uint8, device=raw.device)
+    torch.bitwise_and(raw, mask, out=planes[0])
+    if count > 2:
+        middle = shifts(raw.device, torch.uint8)[1:-1].view(count - 2, *[1] * raw.dim())
+        torch.bitwise_right_shift(raw, middle, out=planes[1:-1])
+        planes[1:-1].bitwise_and_(mask)
+    torch.bitwise_right_shift(raw, 8 - bits, out=planes[-1])
+    return planes
 
 
-def nibble_planes(raw: torch.Tensor) -> torch.Tensor:
-    """bytes of shape S -> (2, *S) uint8: [0] the low nibbles, [1] the high nibbles."""
-    return _planes(raw, _nibble_shifts, 0x0F)
+def nibble_planes(raw: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """bytes [start, stop) of the last dimension of `raw` (shape S) -> (2, *S) uint8: [0] the
+    low nibbles, [1] the high nibbles."""
+    return _planes(raw, _nibble_shifts, 4, start, stop)
 
 
-def crumb_planes(raw: torch.Tensor) -> torch.Tensor:
-    """bytes of shape S -> (4, *S) uint8: [k] bits 2k..2k+1 of each byte."""
-    return _planes(raw, _crumb_shifts, 0x03)
+def crumb_planes(raw: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """bytes [start, stop) of `raw` (shape S) -> (4, *S) uint8: [k] bits 2k..2k+1 of each byte."""
+    return _planes(raw, _crumb_shifts, 2, start, stop)
 
 
-def bit_planes(raw: torch.Tensor) -> torch.Tensor:
-    """bytes of shape S -> (8, *S) uint8 of 0/1: [j] bit j of each byte."""
-    return _planes(raw, _bit_shifts, 0x01)
+def bit_planes(raw: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """bytes [start, stop) of `raw` (shape S) -> (8, *S) uint8 of 0/1: [j] bit j of each byte."""
+    return _planes(raw, _bit_shifts, 1, start, stop)
 
 
 def planes_to_blocks(planes: torch.Tensor, dim: int = 1) -> torch.Tensor:

@@ -18,7 +18,7 @@ from .blocks import (
 
 def _unpack_tq2_0(blocks: torch.Tensor) -> torch.Tensor:
     m = blocks.shape[0]
-    crumbs = crumb_planes(blocks[:, 0:64]).view(torch.int8)
+    crumbs = crumb_planes(blocks, 0, 64).view(torch.int8)
     crumbs.sub_(1)
     return crumbs.view(4, m, 2, 32).permute(1, 2, 0, 3)
 

@@ -30,7 +30,8 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gguf_quants
 
-from .blocks import ChunkFormat, device_table, fp16_field, random_bytes, reinterpret, words
+from . import blocks as shared
+from .blocks import ChunkFormat, device_table, fp16_field, random_bytes, reinterpret, scale_into, words
 
 _Q = GGMLQuantizationType
 
@@ -76,6 +77,13 @@ def _half_signed_grid_values(grid: np.ndarray) -> np.ndarray:
     return (signs[:, None, :] * grid[None, :, :]).reshape(-1, 4)
 
 
+def _signed_grid_values(quant_class, signs: np.ndarray) -> np.ndarray:
+    # row (sign pattern << grid index bits | grid index): sign x grid / 8, exact in fp16 (the
+    # accelerator path of IQ2_XS and IQ2_S: one gather, the sub-block scale in the factor)
+    grid = _codebook(quant_class) / 8
+    return (signs[:, None, :] * grid[None, :, :]).reshape(-1, 8)
+
+
 def _iq1_values() -> np.ndarray:
     # row (3-bit scale s << 12 | delta-negative bit << 11 | 11-bit grid index), value
     # (2s+1) * (grid + delta): at most 8 significant bits, exact in fp16 and bf16
@@ -85,6 +93,12 @@ def _iq1_values() -> np.ndarray:
     shift = np.array([delta, -delta], dtype=np.float32)
     values = factor[:, None, None, None] * (grid[None, None, :, :] + shift[None, :, None, None])
     return values.reshape(-1, 8)
+
+
+def _iq4_pairs() -> np.ndarray:
+    # row = a code byte -> the codebook values of its low and high nibble
+    kvalues = np.array(gguf_quants.IQ4_NL.kvalues, dtype=np.float32)
+    return np.stack((kvalues[_BYTES & 15], kvalues[_BYTES >> 4]), axis=-1)
 
 
 def _iq4_values() -> np.ndarray:
@@ -149,6 +163,9 @@ _TABLES = {
     "iq3_s": lambda: _half_signed_grid_values(_codebook(gguf_quants.IQ3_S)),
     "iq1": _iq1_values,
     "iq4": _iq4_values,
+    "iq2_xs_signed": lambda: _signed_grid_values(gguf_quants.IQ2_XS, _sign_patterns(_ksigns(), 8)),
+    "iq2_s_signed": lambda: _signed_grid_values(gguf_quants.IQ2_S, _sign_patterns(_BYTES, 8)),
+    "iq4_pairs": _iq4_pairs,
     # index lookup tables, int16 or int32
     "iq1_s_qh_low": lambda: _iq1_s_qh_parts(0),
     "iq1_s_qh_high": lambda: _iq1_s_qh_parts(8),
@@ -188,7 +205,7 @@ def _cpu_word_views(device: torch.device) -> bool:
 
 def _gather(table: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> None:
     """Write rows `index` (any integer tensor, flattened) of a 2-D `table` into contiguous `out`."""
-    index = index.reshape(-1).to(torch.int32)
+    index = index.to(torch.int32).reshape(-1)
     word = _ROW_WORDS.get(table.shape[1] * table.element_size())
     if word is not None and _cpu_word_views(out.device):
         torch.index_select(table.view(word).view(-1), 0, index, out=out.view(word).view(-1))
@@ -266,15 +283,16 @@ def _iq2_s(blocks: torch.Tensor) -> Decoded:
 def _iq3_xxs(blocks: torch.Tensor) -> Decoded:
     n = blocks.shape[0]
     aux = words(blocks, 66, 98, torch.int32)  # per 32 weights: 4 x 7-bit sign index, 4-bit scale
-    index = blocks[:, 2:66].to(torch.int16)
-    index |= _parts("ksign_nibble_pairs", _fourteen_bit_halves(aux), torch.int16).view(n, 64)
+    signs = _parts("ksign_nibble_pairs", _fourteen_bit_halves(aux), torch.int16).view(n, 64)
+    index = torch.bitwise_or(signs, blocks[:, 2:66], out=torch.empty((n, 64), dtype=torch.int32, device=blocks.device))
     return [("iq3_xxs", index)], [_odd((aux >> 28) & 15), fp16_field(blocks, 0)]
 
 
 def _iq3_s(blocks: torch.Tensor) -> Decoded:
-    index = blocks[:, 2:66].to(torch.int16)
-    index |= _parts("iq3_s_qh", blocks[:, 66:74], torch.int16)  # the 9th grid bit of each row
-    index |= _parts("nibbles_at_9", blocks[:, 74:106], torch.int16)  # 4 signs per row
+    grid = _parts("iq3_s_qh", blocks[:, 66:74], torch.int16)  # the 9th grid bit of each row
+    grid |= blocks[:, 2:66]
+    signs = _parts("nibbles_at_9", blocks[:, 74:106], torch.int16)  # 4 signs per row
+    index = torch.bitwise_or(grid, signs, out=torch.empty(grid.shape, dtype=torch.int32, device=grid.device))
     scales = _parts("nibbles", blocks[:, 106:110], torch.int16)
     return [("iq3_s", index)], [_odd(scales), fp16_field(blocks, 0)]
 
@@ -334,6 +352,78 @@ def _iq4_xs(blocks: torch.Tensor) -> Decoded:
     scale -= 32
     codes = _iq4_codes(blocks[:, 8:136].reshape(n * 8, 16))
     return [("iq4", codes)], [scale, fp16_field(blocks, 0)]
+
+
+# --- decoders of the accelerator path: one gather, a reordering view, one multiply -------------
+# On accelerators every op is a pass through device memory: a second (sign) gather costs two
+# passes and the I4 code packing above a dozen. These decoders fold the signs into the row index
+# and gather the IQ4 codes a byte at a time; the rows land in table order and `arrange` views
+# them in output order for the one multiply that writes the output.
+
+FusedDecoded = tuple[str, torch.Tensor, list[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _in_order(rows: torch.Tensor) -> torch.Tensor:
+    return rows
+
+
+def _scale_nibbles(raw: torch.Tensor) -> torch.Tensor:
+    """(n, k) bytes of two 4-bit sub-block scales each (low nibble first) -> (n, 2k) odd multipliers."""
+    return _odd(torch.stack((raw & 15, raw >> 4), dim=-1).view(raw.shape[0], -1))
+
+
+def _iq2_xs_fused(blocks: torch.Tensor) -> FusedDecoded:
+    index = words(blocks, 2, 66, torch.int16).to(torch.int32)  # 7-bit sign index << 9 | grid index
+    index &= 0xFFFF
+    return "iq2_xs_signed", index, [_scale_nibbles(blocks[:, 66:74]), fp16_field(blocks, 0)], _in_order
+
+
+def _iq2_s_fused(blocks: torch.Tensor) -> FusedDecoded:
+    grid = _parts("iq2_s_qh", blocks[:, 66:74], torch.int16)  # two high grid bits per 8 weights
+    grid |= blocks[:, 2:34]
+    index = blocks[:, 34:66].to(torch.int32)  # the sign byte of each row
+    index <<= 10
+    index |= grid
+    return "iq2_s_signed", index, [_scale_nibbles(blocks[:, 74:82]), fp16_field(blocks, 0)], _in_order
+
+
+def _iq4_nl_fused(blocks: torch.Tensor) -> FusedDecoded:
+    n = blocks.shape[0]
+    # byte l holds weights l (low nibble) and 16 + l (high)
+    return "iq4_pairs", blocks[:, 2:18], [fp16_field(blocks, 0)], lambda rows: rows.view(n, 16, 2).transpose(1, 2)
+
+
+def _iq4_xs_fused(blocks: torch.Tensor) -> FusedDecoded:
+    n = blocks.shape[0]
+    scale = _parts("iq4_xs_high_scales", blocks[:, 2:4], torch.int16)  # 6-bit scales, high bits
+    scale |= _parts("nibbles", blocks[:, 4:8], torch.int16)
+    scale -= 32
+    arrange = lambda rows: rows.view(n, 8, 16, 2).transpose(2, 3)  # noqa: E731 (as IQ4_NL, per 32 weights)
+    return "iq4_pairs", blocks[:, 8:136], [scale, fp16_field(blocks, 0)], arrange
+
+
+def _single_gather(decode) -> Callable[[torch.Tensor], FusedDecoded]:
+    """The accelerator decoder of a type whose decoder already makes one gather."""
+
+    def fused(blocks: torch.Tensor) -> FusedDecoded:
+        gathers, factors = decode(blocks)
+        (table_name, index), = gathers
+        return table_name, index, factors, _in_order
+
+    return fused
+
+
+def _decode_fused(decode, blocks: torch.Tensor, values: torch.Tensor) -> None:
+    """Gather the rows in float16 (every value table is exact there), then write values =
+    rows x (product of the factors), computed in float32 and rounded once: every factor is a small
+    integer or an fp16 value, their product is exact in float32, and so is its product with a
+    table value (at most 24 significant bits, e.g. IQ4_XS: 7-bit codebook, 6-bit scale, fp16 d)."""
+    table_name, index, factors, arrange = decode(blocks)
+    rows = torch.empty(values.shape, dtype=torch.float16, device=values.device)
+    _gather(_table(table_name, values.device, torch.float16), index, rows)
+    factor = functools.reduce(torch.mul, [factor.float() for factor in factors])
+    ordered = arrange(rows)
+    scale_into(values.view(ordered.shape), ordered, factor)
 
 
 # --- the format the shared driver runs --------------------------------------------------------
@@ -403,18 +493,27 @@ class IQuantFormat(ChunkFormat):
     """An I-quant on the shared driver: a decoder (blocks -> gathers and factors, above)."""
 
     decoder: Callable[[torch.Tensor], Decoded]
+    # the accelerator path's decoder (see _decode_fused)
+    fused_decoder: Callable[[torch.Tensor], FusedDecoded]
+
+    def writes_exactly(self, dtype: torch.dtype, device: torch.device) -> bool:
+        return shared.fused_arithmetic(device) or super().writes_exactly(dtype, device)
 
     def decode(self, blocks: torch.Tensor, values: torch.Tensor, spare: torch.Tensor | None) -> None:
-        _decode_into(self.decoder, blocks, values, spare)
+        if shared.fused_arithmetic(values.device):
+            _decode_fused(self.fused_decoder, blocks, values)
+        else:
+            _decode_into(self.decoder, blocks, values, spare)
 
 
-def _format(ggml_type, decoder, float16_direct: bool, sign_gather: bool = False):
+def _format(ggml_type, decoder, float16_direct: bool, sign_gather: bool = False, fused_decoder=None):
     """(kernel, random blocks) of an I-quant. `float16_direct`: float16 is computed in float16
     (exact for that decoder); otherwise, and for bfloat16, the driver computes in float32 and
     casts once. `sign_gather`: the decoder's signs are a second gather, which needs the driver's
     spare chunk."""
     kernel = IQuantFormat(
-        GGML_QUANT_SIZES[ggml_type][0], decoder=decoder, uses_spare=sign_gather,
+        GGML_QUANT_SIZES[ggml_type][0], decoder=decoder, fused_decoder=fused_decoder or _single_gather(decoder),
+        uses_spare=sign_gather,
         exact_dtypes=frozenset({torch.float16}) if float16_direct else frozenset(),
         cpu_chunk_elements=CPU_CHUNK_WEIGHTS,
     )
@@ -425,11 +524,11 @@ TYPES = {
     _Q.IQ1_S: _format(_Q.IQ1_S, _iq1_s, float16_direct=True),
     _Q.IQ1_M: _format(_Q.IQ1_M, _iq1_m, float16_direct=True),
     _Q.IQ2_XXS: _format(_Q.IQ2_XXS, _iq2_xxs, float16_direct=True),
-    _Q.IQ2_XS: _format(_Q.IQ2_XS, _iq2_xs, float16_direct=True, sign_gather=True),
-    _Q.IQ2_S: _format(_Q.IQ2_S, _iq2_s, float16_direct=True, sign_gather=True),
+    _Q.IQ2_XS: _format(_Q.IQ2_XS, _iq2_xs, float16_direct=True, sign_gather=True, fused_decoder=_iq2_xs_fused),
+    _Q.IQ2_S: _format(_Q.IQ2_S, _iq2_s, float16_direct=True, sign_gather=True, fused_decoder=_iq2_s_fused),
     _Q.IQ3_XXS: _format(_Q.IQ3_XXS, _iq3_xxs, float16_direct=True),
     _Q.IQ3_S: _format(_Q.IQ3_S, _iq3_s, float16_direct=True),
-    _Q.IQ4_NL: _format(_Q.IQ4_NL, _iq4_nl, float16_direct=True),
+    _Q.IQ4_NL: _format(_Q.IQ4_NL, _iq4_nl, float16_direct=True, fused_decoder=_iq4_nl_fused),
     # (s - 32) x codebook value can need 12 significant bits: float16 cannot hold the factor
-    _Q.IQ4_XS: _format(_Q.IQ4_XS, _iq4_xs, float16_direct=False),
+    _Q.IQ4_XS: _format(_Q.IQ4_XS, _iq4_xs, float16_direct=False, fused_decoder=_iq4_xs_fused),
 }

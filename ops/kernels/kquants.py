@@ -14,7 +14,8 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from .blocks import (
-    QK_K, BlockFormat, bit_planes, crumb_planes, device_table, fp16_field, nibble_planes, random_with_fp16_fields, words,
+    QK_K, BlockFormat, bit_planes, byte_index, crumb_planes, device_table, fp16_field, nibble_planes,
+    random_with_fp16_fields, words,
 )
 
 
@@ -58,7 +59,7 @@ def _scales_q4_k_q5_k(blocks: torch.Tensor):
 
 def _unpack_q2_k(blocks: torch.Tensor) -> torch.Tensor:
     m = blocks.shape[0]
-    crumbs = crumb_planes(blocks)[:, :, 16:80].view(4, m, 2, 32)
+    crumbs = crumb_planes(blocks, 16, 80).view(4, m, 2, 32)
     return crumbs.permute(1, 2, 0, 3)
 
 
@@ -73,15 +74,23 @@ def _scales_q2_k(blocks: torch.Tensor):
 # in bytes 0-7 (low nibbles: scales 0-7, high: 8-15), top 2 bits in bytes 8-11 (bit pair k
 # of byte i belongs to scale 4k + i).
 
+@device_table
+def _high_bit_minus_4() -> np.ndarray:
+    """Q3_K, per hmask byte: its 8 bits as 8 bytes (int64 little-endian) of 0 (bit set) or -4 (clear).
+
+    Added to the bit pair in uint8 (wrapping), this gives q as int8 directly.
+    """
+    bits = (np.arange(256)[:, None] >> np.arange(8)) & 1
+    return np.where(bits == 1, 0, 252).astype(np.uint8).view("<i8").reshape(256)
+
+
 def _unpack_q3_k(blocks: torch.Tensor) -> torch.Tensor:
     m = blocks.shape[0]
-    qs = blocks[:, 32:96].view(m, 2, 32).transpose(0, 1).contiguous()
+    qs = blocks[:, 32:96].view(m, 2, 32).transpose(0, 1)
     q = crumb_planes(qs)  # (bit pair k, half h, block, l)
-    hmask = bit_planes(blocks[:, 0:32]).view(2, 4, m, 32)  # (h, k, block, l): bit 4h + k
-    q.add_(hmask.transpose(0, 1), alpha=4)
-    signed = q.view(torch.int8)
-    signed.sub_(4)
-    return signed.permute(2, 1, 0, 3)
+    high = _high_bit_minus_4(blocks.device, torch.int64).index_select(0, byte_index(blocks[:, 0:32]))
+    q += high.view(torch.uint8).view(m, 32, 2, 4).permute(3, 2, 0, 1)  # bit 4h + k of byte l
+    return q.view(torch.int8).permute(2, 1, 0, 3)
 
 
 def _scales_q3_k(blocks: torch.Tensor):
@@ -100,13 +109,13 @@ def _scales_q3_k(blocks: torch.Tensor):
 
 def _unpack_q4_k(blocks: torch.Tensor) -> torch.Tensor:
     m = blocks.shape[0]
-    nibbles = nibble_planes(blocks)[:, :, 16:144].view(2, m, 4, 32)
+    nibbles = nibble_planes(blocks, 16, 144).view(2, m, 4, 32)
     return nibbles.permute(1, 2, 0, 3)
 
 
 def _unpack_q5_k(blocks: torch.Tensor) -> torch.Tensor:
     m = blocks.shape[0]
-    qs = blocks[:, 48:176].view(m, 4, 32).transpose(0, 1).contiguous()
+    qs = blocks[:, 48:176].view(m, 4, 32).transpose(0, 1)
     q = nibble_planes(qs)  # (nibble, group c, block, l)
     fifth = bit_planes(blocks[:, 16:48]).view(4, 2, m, 32)  # (c, nibble, block, l): bit 2c + nibble
     q.add_(fifth.transpose(0, 1), alpha=16)
@@ -119,7 +128,7 @@ def _unpack_q5_k(blocks: torch.Tensor) -> torch.Tensor:
 
 def _unpack_q6_k(blocks: torch.Tensor) -> torch.Tensor:
     m = blocks.shape[0]
-    ql = blocks[:, 0:128].view(m, 2, 2, 32).permute(2, 0, 1, 3).contiguous()  # (kk, block, h, l)
+    ql = blocks[:, 0:128].view(m, 2, 2, 32).permute(2, 0, 1, 3)  # (kk, block, h, l)
     q = nibble_planes(ql)  # (nibble, kk, block, h, l)
     q.add_(crumb_planes(blocks[:, 128:192]).view(2, 2, m, 2, 32), alpha=16)
     signed = q.view(torch.int8)

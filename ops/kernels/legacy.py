@@ -61,7 +61,7 @@ def _fifth_bit_16() -> np.ndarray:
 
 def _nibble_quants(blocks: torch.Tensor, start: int) -> torch.Tensor:
     """(m, 2, 16) uint8 nibbles of the 16 bytes at `start`: low nibbles, then high."""
-    return planes_to_blocks(nibble_planes(blocks)[:, :, start : start + 16])
+    return planes_to_blocks(nibble_planes(blocks, start, start + 16))
 
 
 def _unpack_q4_0(blocks: torch.Tensor) -> torch.Tensor:
