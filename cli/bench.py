@@ -6,6 +6,10 @@ dequantizing into a preallocated `out` against `copy_` into a preallocated buffe
 on either side: the memory-bandwidth limit), because absolute times on shared machines swing between runs. Both sides
 of each ratio (the copy, gguf-py's numpy dequantization) are timed alongside each type, runs
 alternating, so that load changing during the run moves both sides alike.
+
+`bench --compile-check` (cli/bench_compile.py) compiles the Triton kernels for CUDA and ROCm targets
+without a GPU and counts their bytes per program; `bench --gpu-check` (cli/bench_gpu.py) is what
+only a GPU can show.
 """
 from __future__ import annotations
 

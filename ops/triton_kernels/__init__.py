@@ -10,7 +10,7 @@ torch kernel) and the compile check (cli/bench_compile.py) all loop over the reg
 
 The kernel contract (see legacy.py for the simplest examples, common.py for the shared helpers):
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n_blocks"])  # one compile per output dtype, whatever the count
     def kernel(src, dst, n_blocks, *tables, BLOCKS: tl.constexpr)
 
 - `src`: the raw blocks, uint8, contiguous: block i is bytes [i * type_size, (i + 1) * type_size).

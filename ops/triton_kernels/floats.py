@@ -21,17 +21,17 @@ def _float_values(src, dst, n_blocks, WORD: tl.constexpr, SOURCE: tl.constexpr, 
     store_values(dst, b, exists, values[:, None], 1)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def bf16(src, dst, n_blocks, BLOCKS: tl.constexpr):
     _float_values(src, dst, n_blocks, tl.uint16, tl.bfloat16, BLOCKS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def f16(src, dst, n_blocks, BLOCKS: tl.constexpr):
     _float_values(src, dst, n_blocks, tl.uint16, tl.float16, BLOCKS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def f32(src, dst, n_blocks, BLOCKS: tl.constexpr):
     _float_values(src, dst, n_blocks, tl.uint32, tl.float32, BLOCKS)
 

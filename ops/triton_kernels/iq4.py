@@ -40,7 +40,7 @@ def codebook(index):
     return byte.to(tl.int8).to(tl.float32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def iq4_nl(src, dst, n_blocks, BLOCKS: tl.constexpr):
     # d, qs[16]: byte i holds elements i (low nibble) and i + 16
     b, exists = program_blocks(n_blocks, BLOCKS)
@@ -49,7 +49,7 @@ def iq4_nl(src, dst, n_blocks, BLOCKS: tl.constexpr):
     store_values(dst, b, exists, values, 32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def iq4_xs(src, dst, n_blocks, BLOCKS: tl.constexpr):
     # d, scales_h (uint16: bits 2s, 2s + 1 are the top of sub-block s's scale), scales_l[4] (low
     # nibble: sub-block 2i, high: 2i + 1), qs[128]: 16 bytes per sub-block of 32, as IQ4_NL

@@ -22,7 +22,7 @@ def _crumbs(packed):
     return (packed[:, :, None, :] >> shift[None, None, :, None]) & 3
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def q2_k(src, dst, n_blocks, BLOCKS: tl.constexpr):
     # scales[16] (low nibble: scale, high: min of 16 elements), qs[64], d, dmin
     b, exists = program_blocks(n_blocks, BLOCKS)
@@ -36,7 +36,7 @@ def q2_k(src, dst, n_blocks, BLOCKS: tl.constexpr):
     store_values(dst, b, exists, q.to(tl.float32) * scale[:, :, None] - minimum[:, :, None], 256)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def q3_k(src, dst, n_blocks, BLOCKS: tl.constexpr):
     # hmask[32], qs[64], scales[12], d
     b, exists = program_blocks(n_blocks, BLOCKS)
@@ -74,7 +74,7 @@ def _scales_mins_k4(src, b, exists, TYPE_SIZE: tl.constexpr, BLOCKS: tl.constexp
     return d[:, None] * scales.to(tl.float32), dmin[:, None] * mins.to(tl.float32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def q4_k(src, dst, n_blocks, BLOCKS: tl.constexpr):
     # d, dmin, scales[12], qs[128]: qs byte 32c + l holds elements 64c + l (low) and 64c + 32 + l
     b, exists = program_blocks(n_blocks, BLOCKS)
@@ -84,7 +84,7 @@ def q4_k(src, dst, n_blocks, BLOCKS: tl.constexpr):
     store_values(dst, b, exists, q.to(tl.float32) * scale[:, :, None] - minimum[:, :, None], 256)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def q5_k(src, dst, n_blocks, BLOCKS: tl.constexpr):
     # d, dmin, scales[12], qh[32], qs[128]; bit j of qh byte l: the fifth bit of element 32j + l
     b, exists = program_blocks(n_blocks, BLOCKS)
@@ -97,7 +97,7 @@ def q5_k(src, dst, n_blocks, BLOCKS: tl.constexpr):
     store_values(dst, b, exists, q.to(tl.float32) * scale[:, :, None] - minimum[:, :, None], 256)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def q6_k(src, dst, n_blocks, BLOCKS: tl.constexpr):
     # ql[128], qh[64], scales[16] int8, d. Plane p = 4h + 2 * nibble + kk (32 elements each) takes
     # nibble `nibble` of ql byte 64h + 32kk + l and bit pair (2 * nibble + kk) of qh byte 32h + l.

@@ -24,7 +24,7 @@ def _fifth_bits(src, b, exists, TYPE_SIZE: tl.constexpr, OFFSET: tl.constexpr):
     return tl.reshape((qh[:, :, None] >> bit[None, None, :]) & 1, (qh.shape[0], 32))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def q8_0(src, dst, n_blocks, BLOCKS: tl.constexpr):
     b, exists = program_blocks(n_blocks, BLOCKS)
     d = fp16_at(src, b, exists, 34, 0)
@@ -32,7 +32,7 @@ def q8_0(src, dst, n_blocks, BLOCKS: tl.constexpr):
     store_values(dst, b, exists, d[:, None] * q.to(tl.float32), 32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def q4_0(src, dst, n_blocks, BLOCKS: tl.constexpr):
     b, exists = program_blocks(n_blocks, BLOCKS)
     d = fp16_at(src, b, exists, 18, 0)
@@ -40,7 +40,7 @@ def q4_0(src, dst, n_blocks, BLOCKS: tl.constexpr):
     store_values(dst, b, exists, d[:, None] * q.to(tl.float32), 32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def q4_1(src, dst, n_blocks, BLOCKS: tl.constexpr):
     b, exists = program_blocks(n_blocks, BLOCKS)
     d = fp16_at(src, b, exists, 20, 0)
@@ -49,7 +49,7 @@ def q4_1(src, dst, n_blocks, BLOCKS: tl.constexpr):
     store_values(dst, b, exists, d[:, None] * q.to(tl.float32) + m[:, None], 32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def q5_0(src, dst, n_blocks, BLOCKS: tl.constexpr):
     b, exists = program_blocks(n_blocks, BLOCKS)
     d = fp16_at(src, b, exists, 22, 0)
@@ -58,7 +58,7 @@ def q5_0(src, dst, n_blocks, BLOCKS: tl.constexpr):
     store_values(dst, b, exists, d[:, None] * q.to(tl.float32), 32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def q5_1(src, dst, n_blocks, BLOCKS: tl.constexpr):
     b, exists = program_blocks(n_blocks, BLOCKS)
     d = fp16_at(src, b, exists, 24, 0)
