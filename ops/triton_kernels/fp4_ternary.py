@@ -17,7 +17,7 @@ from .common import fp16_at, load_bytes, nibbles, program_blocks, store_values
 BLOCKS_PER_PROGRAM = 16  # TQ1_0/TQ2_0: 16 blocks of 256 values over 128 threads, as the K-quants
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def tq2_0(src, dst, n_blocks, BLOCKS: tl.constexpr):
     # qs[64]: bit pair k of byte 32h + l is element 128h + 32k + l, as q + 1; then d
     b, exists = program_blocks(n_blocks, BLOCKS)
@@ -28,7 +28,7 @@ def tq2_0(src, dst, n_blocks, BLOCKS: tl.constexpr):
     store_values(dst, b, exists, d[:, None, None, None] * q.to(tl.float32), 256)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def tq1_0(src, dst, n_blocks, BLOCKS: tl.constexpr):
     # qs[48], qh[4], d. Digit k of a byte is ((byte * 3^k mod 256) * 3) >> 8 (uint8 products, as
     # gguf-py's: the mod 256 is explicit here). Bytes 0-31 hold elements 32k + l (k < 5), bytes
@@ -91,7 +91,7 @@ def ue4m3_half(code):
     return tl.where(code == 0x7F, 0.0, half)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def mxfp4(src, dst, n_blocks, BLOCKS: tl.constexpr):
     # e, qs[16]: element l is the low nibble of qs[l], 16 + l the high nibble
     b, exists = program_blocks(n_blocks, BLOCKS)
@@ -100,7 +100,7 @@ def mxfp4(src, dst, n_blocks, BLOCKS: tl.constexpr):
     store_values(dst, b, exists, d[:, None] * q, 32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def nvfp4(src, dst, n_blocks, BLOCKS: tl.constexpr):
     # 4 UE4M3 scales, then per sub-block s of 16 values 8 bytes: element 16s + l the low nibble
     # of byte 8s + l, 16s + 8 + l its high nibble

@@ -95,7 +95,7 @@ def scale_nibbles(packed):
     return tl.reshape(both, (packed.shape[0], 2 * packed.shape[1])).to(tl.int32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def iq2_xxs(src, dst, n_blocks, grid, BLOCKS: tl.constexpr):
     # d, then per 32 weights two uint32: four grid bytes (one per row of 8) and aux (four 7-bit
     # sign indices, one per row, and the 4-bit scale at bits 28-31)
@@ -111,7 +111,7 @@ def iq2_xxs(src, dst, n_blocks, grid, BLOCKS: tl.constexpr):
     store_values(dst, b, exists, values, 256)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def iq2_xs(src, dst, n_blocks, grid, BLOCKS: tl.constexpr):
     # d, qs[32] uint16 (9-bit grid index | 7-bit sign index << 9, one per row of 8), scales[8]
     # (one 4-bit scale per 16 weights)
@@ -125,7 +125,7 @@ def iq2_xs(src, dst, n_blocks, grid, BLOCKS: tl.constexpr):
     store_values(dst, b, exists, values, 256)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def iq2_s(src, dst, n_blocks, grid, BLOCKS: tl.constexpr):
     # d, qs[32] (low 8 bits of each row's grid index), signs[32] (one byte per row of 8), qh[8]
     # (bit pair k of byte i: the top two index bits of row 4i + k), scales[8] (as IQ2_XS)
@@ -142,7 +142,7 @@ def iq2_s(src, dst, n_blocks, grid, BLOCKS: tl.constexpr):
     store_values(dst, b, exists, values, 256)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def iq3_xxs(src, dst, n_blocks, grid, BLOCKS: tl.constexpr):
     # d, qs[64] (grid index per row of 4), then per 32 weights a uint32: four 7-bit sign indices
     # (one per 8 weights) and the 4-bit scale at bits 28-31
@@ -157,7 +157,7 @@ def iq3_xxs(src, dst, n_blocks, grid, BLOCKS: tl.constexpr):
     store_values(dst, b, exists, values, 256)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def iq3_s(src, dst, n_blocks, grid, BLOCKS: tl.constexpr):
     # d, qs[64] (low 8 bits of each row of 4's grid index), qh[8] (bit k of byte i: the ninth
     # index bit of row 8i + k), signs[32] (one byte per 8 weights), scales[4] (one nibble per 32)
@@ -175,7 +175,7 @@ def iq3_s(src, dst, n_blocks, grid, BLOCKS: tl.constexpr):
     store_values(dst, b, exists, values, 256)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def iq1_s(src, dst, n_blocks, grid, BLOCKS: tl.constexpr):
     # d, qs[32] (low 8 bits of each row of 8's 11-bit grid index), then per 32 weights a uint16:
     # bits 3k..3k+2 the top index bits of row k, 12-14 the scale s, 15 the sign of the delta
@@ -197,7 +197,7 @@ def _three_bit_fields(word):
     return (word[:, None] >> (3 * tl.arange(0, 4))[None, :]) & 7
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def iq1_m(src, dst, n_blocks, grid, BLOCKS: tl.constexpr):
     # qs[32] (low 8 bits of each row of 8's grid index), qh[16] (low nibble of byte i: row 2i,
     # high: row 2i + 1; bits 0-2 the top index bits, bit 3 the sign of the delta), scales as four

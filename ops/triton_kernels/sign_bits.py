@@ -12,7 +12,7 @@ from .common import fp16_at, load_bytes, program_blocks, store_values
 BLOCKS_PER_PROGRAM = 32
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks"])
 def q1_0(src, dst, n_blocks, BLOCKS: tl.constexpr):
     b, exists = program_blocks(n_blocks, BLOCKS)
     d = fp16_at(src, b, exists, 18, 0)
