@@ -44,7 +44,7 @@ NODE_SCHEMAS = {
         seed_widget="seed",
     ),
     "VAEDecode": NodeSchema((), {"samples": "LATENT", "vae": "VAE"}, ("IMAGE",)),
-    # the edit workflow's (z_image_turbo_gguf_edit*.json; its twins are checked in test_workflows_edit.py)
+    # the edit workflow's (its UI and API twins are checked in test_workflows_edit.py)
     "LoadImage": NodeSchema(("image", "upload"), outputs=("IMAGE", "MASK")),
     "VAEEncode": NodeSchema((), {"pixels": "IMAGE", "vae": "VAE"}, ("LATENT",)),
     "SetLatentNoiseMask": NodeSchema((), {"samples": "LATENT", "mask": "MASK"}, ("LATENT",)),

@@ -11,7 +11,7 @@ from test_workflows import WORKFLOWS, api_graph_problems, canonical_graph, nodes
 
 from comfyui_zimage_gguf.api.workflow_params import apply_overrides, is_edit_workflow, quality_steps
 
-UI_FILE = WORKFLOWS / "z_image_turbo_gguf_edit.json"
+UI_FILE = WORKFLOWS / "Z-Image Turbo GGUF - edit and inpaint.json"
 API_FILE = WORKFLOWS / "api" / "z_image_turbo_gguf_edit_api.json"
 GENERATE_API_FILE = WORKFLOWS / "api" / "z_image_turbo_gguf_api.json"
 

@@ -158,7 +158,7 @@ def test_object_info_time_with_fifty_more_gguf_files(comfy_server, model_cache, 
 def test_only_the_ui_workflow_is_a_template_and_it_has_a_thumbnail(comfy_server):
     templates = comfy_server.get_json("/workflow_templates")
     # the card's title is the file name (frontends 1.42 and 1.58 take no other title for extension templates)
-    assert sorted(templates[PACK_NAME]) == ["Z-Image Turbo GGUF - text to image", "z_image_turbo_gguf_edit"]
+    assert sorted(templates[PACK_NAME]) == ["Z-Image Turbo GGUF - edit and inpaint", "Z-Image Turbo GGUF - text to image"]
     name = urllib.parse.quote("Z-Image Turbo GGUF - text to image")
     status, data = comfy_server.request(f"/api/workflow_templates/{PACK_NAME}/{name}.jpg")
     assert status == 200 and data[:3] == b"\xff\xd8\xff"
