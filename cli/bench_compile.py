@@ -22,6 +22,9 @@ program (one launch grid cell, `blocks_per_program` blocks):
   small per-block fields (e.g. the fp16 scale of 16 K-quant blocks: 32 bytes for 128 threads) are
   loaded by several threads at the same addresses (one memory transaction, more instructions).
   For ROCm the AMDGCN `global_load*` / `global_store*` lanes (64 per wavefront) are shown the same way.
+- no fused multiply-adds (checked): the torch kernels (and gguf-py) round every product before
+  the add; a floating-point `fma` in the PTX or AMDGCN (other than a multiply by way of an fma
+  with a -0 addend) fails the check, proof that `enable_fp_fusion=False` took effect.
 
 Output: one line per type and dtype, the targets it compiled for, then a summary; exit status 0
 when every kernel compiled for every target and its counts matched, 1 otherwise (2: Triton missing).
@@ -204,6 +207,24 @@ def amdgcn_traffic(asm: str) -> dict:
     return traffic
 
 
+_EXACT_ADDEND = {"0", "neg(0)", "-0", "0f80000000", "0x80000000"}
+
+
+def fused_multiply_adds(asm: str) -> int:
+    """Floating-point fused multiply-adds in PTX (`fma.rn...`) or AMDGCN (`v_fma*`, `v_mad_f32`...),
+    not counting those whose addend is -0 (an exact multiply: LLVM folds fp16 widening into them)."""
+    count = 0
+    for line in asm.splitlines():
+        match = re.match(r"^\s*(?:@!?%p\d+\s+)?(fma\.rn\S*|v_(?:pk_)?(?:fma|fmac|mad|mac)_(?:f32|f16|mix\w*|legacy\w*)"
+                         r"(?:_e\d+)?)\s+(.*?)\s*;?\s*$", line)
+        if not match:
+            continue
+        operands = [operand.strip() for operand in match.group(2).split(",")]
+        addend = operands[3].split()[0] if len(operands) > 3 else ""
+        count += addend not in _EXACT_ADDEND
+    return count
+
+
 # --- the check ---------------------------------------------------------------------------------
 
 def compile_kernel(kernel, out: str, target_name: str):
@@ -255,6 +276,9 @@ def check_kernel(kernel, dtype_name: str, targets) -> dict:
         if loads or stores:
             problems.append(f"other memory traffic {loads or ''} {stores or ''}")
         threads = kernel.num_warps * (32 if target.startswith("sm_") else 64)
+        fused = fused_multiply_adds(compiled.asm["ptx" if target.startswith("sm_") else "amdgcn"])
+        if fused:
+            problems.append(f"{fused} fused multiply-add(s): each product must be rounded on its own")
         if target.startswith("sm_"):
             ptx = ptx_traffic(compiled.asm["ptx"])
             ptx_loads = dict(ptx["loads"])
@@ -334,6 +358,7 @@ def run_compile_check(args) -> int:
     print("\n".join(format_rows(rows)))
     failed = [row for row in rows if row["failures"]]
     compiles = sum(len(row["compiled"]) for row in rows)
-    print(f"{len(rows)} kernels x dtypes, {compiles} compiles in {time.monotonic() - started:.0f} s: "
+    print(f"{len(rows)} kernels x dtypes, {compiles} compiles in {time.monotonic() - started:.0f} s "
+          f"(Triton's cache serves repeats; TRITON_CACHE_DIR=<empty folder> compiles afresh): "
           f"{len(rows) - len(failed)} ok, {len(failed)} failed")
     return 1 if failed else 0

@@ -14,14 +14,17 @@ pytest.importorskip("triton", reason="triton is not installed: nothing to compil
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(*argv):
+def _run(*argv, cache_dir=None):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if cache_dir is not None:
+        env["TRITON_CACHE_DIR"] = str(cache_dir)  # compile for real, not from an earlier run's cache
     return subprocess.run([sys.executable, "-m", "comfyui_zimage_gguf", "bench", "--compile-check", *argv],
                           capture_output=True, text=True, timeout=600, cwd=REPO_ROOT.parent, env=env)
 
 
-def test_compile_check_passes_for_a_legacy_a_k_quant_and_an_i_quant():
-    result = _run("--types", "Q8_0", "Q4_K", "IQ4_XS", "--targets", "sm_90", "gfx942", "--dtypes", "bf16", "f32")
+def test_compile_check_passes_for_a_legacy_a_k_quant_and_an_i_quant(tmp_path):
+    result = _run("--types", "Q8_0", "Q4_K", "IQ4_XS", "--targets", "sm_90", "gfx942", "--dtypes", "bf16", "f32",
+                  cache_dir=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = {tuple(line.split()[:2]): line.split() for line in result.stdout.splitlines()
             if line.split()[:1] in (["Q8_0"], ["Q4_K"], ["IQ4_XS"]) and len(line.split()) > 8}
@@ -92,3 +95,31 @@ TTGIR = """
 
 def test_ttgir_traffic_counts_tensor_bytes_per_argument():
     assert bench_compile.ttgir_traffic(TTGIR) == {"loads": {"src": 32 + 128}, "stores": {"dst": 1024}, "loops": 0}
+
+
+def test_fused_multiply_adds_are_found_except_exact_multiplies():
+    ptx = "\tfma.rn.f32 \t%r95, %r81, %r93, %r94;\n\tmad.lo.s32 \t%r1, %r2, %r3, %r4;\n\tmul.rn.f32 %r5, %r6, %r7;\n"
+    assert bench_compile.fused_multiply_adds(ptx) == 1
+    amdgcn = ("\tv_pk_fma_f32 v[0:1], v[2:3], v[4:5], v[6:7]\n"
+              "\tv_fma_mix_f32 v4, v4, v1, neg(0) op_sel_hi:[1,0,0]\n"  # fp16 widening times v1, plus -0: exact
+              "\tv_mad_u64_u32 v[0:1], s[0:1], v2, 18, v[0:1]\n")  # integer address arithmetic
+    assert bench_compile.fused_multiply_adds(amdgcn) == 1
+
+
+def test_the_fused_multiply_add_check_sees_fusion_when_it_is_left_on():
+    # the check can fail: Q4_1's d * q + m compiled with fusion on becomes fma instructions
+    import triton
+    from triton.compiler import ASTSource
+
+    from comfyui_zimage_gguf.ops import triton_kernels
+
+    kernel = next(k for t, k in triton_kernels.registry().items() if t.name == "Q4_1")
+    if type(kernel.fn).__name__ == "InterpretedFunction":
+        pytest.skip("the kernels were defined for Triton's interpreter in this process")
+    types, constexprs = bench_compile.signature(kernel, "fp32")
+    compiled = {fusion: triton.compile(ASTSource(fn=kernel.fn, signature=types, constexprs=constexprs),
+                                       target=bench_compile.gpu_target("sm_90"),
+                                       options={"num_warps": kernel.num_warps, "enable_fp_fusion": fusion})
+                for fusion in (True, False)}
+    assert bench_compile.fused_multiply_adds(compiled[True].asm["ptx"]) > 0
+    assert bench_compile.fused_multiply_adds(compiled[False].asm["ptx"]) == 0
