@@ -126,8 +126,14 @@ class BlockFormat(ChunkFormat):
             start = 0
             for piece in q:
                 size = math.prod(piece.shape[1:])
-                scale_into(values[:, start : start + size].view(piece.shape), piece, scale, minimum)
+                target = values[:, start : start + size].view(piece.shape)
+                if fused_arithmetic(values.device):
+                    scale_into(target, piece, scale, minimum)
+                else:
+                    target.copy_(piece)
                 start += size
+            if not fused_arithmetic(values.device):  # CPUs: one flat pass over the float32 values
+                scale_into(values, values, scale, minimum)
             return
         scale_into(values.view(q.shape), q, scale, minimum)
 
@@ -135,9 +141,10 @@ class BlockFormat(ChunkFormat):
 def scale_into(target: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None) -> None:
     """target = scale * q [+ minimum], in float32 arithmetic, rounded once into target's dtype.
 
-    q and target have the same shape (m, ...), row-major in output order; scale and minimum are
-    float32 (m, n_sub), one value per equal run of the elements of each row.
+    q and target have the same shape (m, ...), row-major in output order (q may be target itself,
+    on CPUs); scale and minimum are float32 (m, n_sub), one value per equal run of each row.
     """
+    in_place = q is target
     run = math.prod(q.shape[1:]) // scale.shape[1]
     if q.shape[-1] > run:
         q, target = q.unflatten(-1, (-1, run)), target.unflatten(-1, (-1, run))
@@ -149,7 +156,8 @@ def scale_into(target: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, minim
         else:
             torch.addcmul(minimum, q, scale, out=target)
         return
-    target.copy_(q)
+    if not in_place:
+        target.copy_(q)
     target.mul_(scale)
     if minimum is not None:
         target.add_(minimum)

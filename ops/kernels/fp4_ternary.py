@@ -12,6 +12,7 @@ from gguf import GGMLQuantizationType as T
 from .blocks import (
     QK_K, BlockFormat, byte_index, crumb_planes, device_table, fp16_field, random_bytes, random_with_fp16_fields,
 )
+from . import blocks as shared
 
 
 # --- TQ2_0: qs[64] (four 2-bit values per byte, q + 1), d -----------------------------------
@@ -43,14 +44,25 @@ def _ternary_digits() -> np.ndarray:
     return digits.view("<i8").reshape(256)
 
 
+@device_table
+def _powers_of_three() -> np.ndarray:
+    return np.array([1, 3, 9, 27, 81], dtype=np.uint8).reshape(5, 1)
+
+
 def _unpack_tq1_0(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
     m = blocks.shape[0]
-    words = _ternary_digits(blocks.device, torch.int64).index_select(0, byte_index(blocks[:, 0:52]))
-    digits = words.view(torch.int8).view(m, 52, 8)
+    if shared.fused_arithmetic(blocks.device):
+        words = _ternary_digits(blocks.device, torch.int64).index_select(0, byte_index(blocks[:, 0:52]))
+        digits = words.view(torch.int8).view(m, 52, 8).permute(2, 0, 1)  # (digit, block, byte)
+    else:
+        # CPUs: arithmetic on the flat bytes is faster than the gather
+        shifted = blocks.reshape(1, -1) * _powers_of_three(blocks.device, torch.uint8)
+        # digit - 1 = floor((3x - 256) / 256), in int16 because 3x needs ten bits.
+        digits = shifted.to(torch.int16).mul_(3).sub_(256).bitwise_right_shift_(8).view(5, m, 54)
     return (
-        digits[:, 0:32, 0:5].transpose(1, 2),
-        digits[:, 32:48, 0:5].transpose(1, 2),
-        digits[:, 48:52, 0:4].transpose(1, 2),
+        digits[0:5, :, 0:32].transpose(0, 1),
+        digits[0:5, :, 32:48].transpose(0, 1),
+        digits[0:4, :, 48:52].transpose(0, 1),
     )
 
 
@@ -83,10 +95,30 @@ def _e2m1_pairs() -> np.ndarray:
     return pairs.view("<i2").reshape(256)
 
 
-def _fp4_values(raw: torch.Tensor) -> torch.Tensor:
-    """(m, w) bytes -> (m, w, 2) int8 doubled FP4 values of their low and high nibbles."""
+@device_table
+def _e2m1_of_low_nibble() -> np.ndarray:
+    return _e2m1_doubled(np.arange(256) & 0x0F)
+
+
+@device_table
+def _e2m1_of_high_nibble() -> np.ndarray:
+    return _e2m1_doubled(np.arange(256) >> 4)
+
+
+def _fp4_pairs(raw: torch.Tensor) -> torch.Tensor:
+    """Accelerators: (m, w) bytes -> (m, w, 2) int8 doubled FP4 values of their low and high
+    nibbles, one gather of both."""
     pairs = _e2m1_pairs(raw.device, torch.int16).index_select(0, byte_index(raw))
     return pairs.view(torch.int8).view(*raw.shape, 2)
+
+
+def _fp4_nibbles(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPUs: (m, w) bytes -> int8 doubled FP4 values of their low and of their high nibbles, (m, w)
+    each, for the caller to stack contiguously (the copy into float32 then runs flat)."""
+    index = byte_index(raw)
+    low = _e2m1_of_low_nibble(raw.device, torch.int8).index_select(0, index)
+    high = _e2m1_of_high_nibble(raw.device, torch.int8).index_select(0, index)
+    return low.view(raw.shape), high.view(raw.shape)
 
 
 # MXFP4: e (E8M0 exponent byte), qs[16]: element l is the low nibble of qs[l], 16 + l the high.
@@ -102,7 +134,10 @@ def _e8m0_half() -> np.ndarray:
 
 
 def _unpack_mxfp4(blocks: torch.Tensor) -> torch.Tensor:
-    return _fp4_values(blocks[:, 1:17]).transpose(1, 2)
+    raw = blocks[:, 1:17]
+    if shared.fused_arithmetic(raw.device):
+        return _fp4_pairs(raw).transpose(1, 2)
+    return torch.stack(_fp4_nibbles(raw), dim=1)
 
 
 def _scales_mxfp4(blocks: torch.Tensor):
@@ -128,7 +163,11 @@ def _ue4m3_half() -> np.ndarray:
 
 def _unpack_nvfp4(blocks: torch.Tensor) -> torch.Tensor:
     m = blocks.shape[0]
-    return _fp4_values(blocks[:, 4:36]).view(m, 4, 8, 2).transpose(2, 3)
+    raw = blocks[:, 4:36]
+    if shared.fused_arithmetic(raw.device):
+        return _fp4_pairs(raw).view(m, 4, 8, 2).transpose(2, 3)
+    low, high = _fp4_nibbles(raw)
+    return torch.stack((low.view(m, 4, 8), high.view(m, 4, 8)), dim=2)
 
 
 def _scales_nvfp4(blocks: torch.Tensor):
