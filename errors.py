@@ -58,3 +58,7 @@ class ModelDetectionError(ZImageGGUFError, ValueError):
 
 class IncompatibleModelError(ZImageGGUFError, ValueError):
     """Two files (encoder and diffusion model) or a file and a loader cannot work together."""
+
+
+class ConvertError(ZImageGGUFError):
+    """A model cannot be converted (layout, format, dtype) or the GGUF cannot be written."""

@@ -18,7 +18,7 @@ from ..nodes.families.diffusion import OTHER_COMPONENTS, detect_diffusion_model
 from ..nodes.families.pairing import DIFFUSION_MODELS, ENCODERS_BY_DISPLAY, models_taking
 from ..nodes.families.text_encoders import ENCODER_ARCHS, comfy_te_model, detect_text_encoder, encoder_config
 from ..ops.reader import identify_other_format, load_gguf
-from .convert import MADE_BY, MADE_BY_KEY
+from ..ops.writer import MADE_BY, MADE_BY_KEY
 
 ZIMAGE = DIFFUSION_MODELS["zimage"]
 MADE_BY_THIS_PACK = "made by this pack"

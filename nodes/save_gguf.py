@@ -57,12 +57,13 @@ def merged_tensors(patcher, calculate_weight: Callable) -> list[tuple[str, tuple
 
 
 def save_model_gguf(patcher, path, mix: str, calculate_weight: Callable, progress=None) -> Path:
-    """Write the merged model to `path`, or to the first free `name_NNNNN.gguf` when it exists;
+    """Write the merged model to `path`, or to the first free `name_NNNNN.gguf` when it exists
+    (`progress(n_tensors, n_elements)` makes the writer's reporter);
     returns the path written."""
-    from ..cli.convert import ARCHITECTURES, write_gguf
-    from ..nodes.families.diffusion import detect_diffusion_model
+    from ..conversion.plan import write_model
+    from ..conversion.renames import ARCHITECTURES
     from ..errors import ModelDetectionError
-    from ..ops.quant_rules import plan_types
+    from ..nodes.families.diffusion import detect_diffusion_model
 
     tensors = merged_tensors(patcher, calculate_weight)
     try:
@@ -72,21 +73,19 @@ def save_model_gguf(patcher, path, mix: str, calculate_weight: Callable, progres
     architecture = ARCHITECTURES.get(info.family)
     if architecture is None:
         raise SaveGGUFError(f"Save Model as GGUF writes Z-Image / Lumina 2 models, not {info.display_name}")
-    plan = plan_types({name: (shape, dtype) for name, shape, dtype, _ in tensors}, mix, architecture)
-    jobs = [(name, shape, plan[name], load) for name, shape, _, load in tensors]
     try:
-        return write_gguf(path, architecture, mix, jobs, progress, add_counter=True)
+        return write_model(path, architecture, mix, tensors, progress, add_counter=True)
     except ZImageGGUFError as e:
         raise SaveGGUFError(str(e)) from None
 
 
 class _ComfyProgress:
-    def __init__(self, total: int):
+    def __init__(self, total_tensors: int, total_elements: int):
         import comfy.utils
 
-        self.bar = comfy.utils.ProgressBar(total)
+        self.bar = comfy.utils.ProgressBar(total_tensors)
 
-    def update(self, index: int, name: str, nbytes: int) -> None:
+    def update(self, index: int, name: str, n_elements: int) -> None:
         self.bar.update_absolute(index)
 
 
@@ -123,8 +122,7 @@ class ZImageSaveModelGGUF:
         import folder_paths
 
         path = output_path(folder_paths.get_folder_paths("diffusion_models")[0], filename)
-        n = len(model.model.diffusion_model.state_dict())
-        written = save_model_gguf(model, path, type, comfy.lora.calculate_weight, _ComfyProgress(n))
+        written = save_model_gguf(model, path, type, comfy.lora.calculate_weight, _ComfyProgress)
         return {"ui": {"text": [str(written)]}}
 
 

@@ -191,7 +191,7 @@ def test_unsupported_dtype(tmp_path, capsys):
 
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     src, _ = narrow_source(tmp_path)
-    from comfyui_zimage_gguf.cli import convert as module
+    from comfyui_zimage_gguf.ops import writer as module
 
     calls = {"n": 0}
     real = module._encode
@@ -210,7 +210,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
 
 def test_no_disk_space(tmp_path, monkeypatch):
     src, _ = narrow_source(tmp_path)
-    from comfyui_zimage_gguf.cli import convert as module
+    from comfyui_zimage_gguf.ops import writer as module
 
     monkeypatch.setattr(module.shutil, "disk_usage", lambda path: type("U", (), {"free": 1000})())
     with pytest.raises(ConvertError, match=r"not enough disk space for z.gguf: it needs 0\.\d\d GB, 0\.00 GB free"):

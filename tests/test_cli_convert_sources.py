@@ -211,7 +211,7 @@ def test_folder_without_safetensors_is_refused(tmp_path, capsys):
 
 def test_safetensors_are_read_without_a_memory_map(tmp_path, monkeypatch):
     # a map's pages count in RSS: converting a 12 GB file through one reads like a 12 GB process
-    from comfyui_zimage_gguf.cli import convert as module
+    from comfyui_zimage_gguf.ops import writer as module
 
     src = tmp_path / "z.safetensors"
     safetensors.torch.save_file({n: v.to(torch.bfloat16) for n, v in comfy_values().items()}, str(src))
