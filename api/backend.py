@@ -14,15 +14,8 @@ import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-from .comfy_messages import describe_execution_failure, describe_missing_model_files, describe_validation_failure
+from .comfy_messages import ImageRef, describe_missing_model_files, describe_validation_failure, history_outcome
 from .openai_errors import ApiError, workflow_failed
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    filename: str
-    subfolder: str
-    type: str
 
 
 UPLOAD_SUBFOLDER = "zimage-gguf-api"
@@ -70,26 +63,10 @@ def rejection_error(body) -> ApiError:
 
 def finished_outputs(history_entry: dict | None) -> dict | None:
     """The outputs of a finished history entry, None while it runs; raise the run's failure as an ApiError."""
-    if history_entry is None:
-        return None
-    status = history_entry.get("status") or {}
-    if status.get("status_str") == "error":
-        raise workflow_failed(f"ComfyUI failed to run the workflow: {describe_execution_failure(history_entry)}")
-    if status and not status.get("completed", True):
-        return None
-    return history_entry.get("outputs") or {}
-
-
-def output_images(outputs: dict) -> list[ImageRef]:
-    """The saved images of a run (SaveImage's type "output"); previews only when nothing was saved."""
-    images = [
-        ImageRef(str(image["filename"]), str(image.get("subfolder", "")), str(image.get("type", "output")))
-        for node_output in outputs.values()
-        for image in (node_output or {}).get("images", [])
-        if isinstance(image, dict) and "filename" in image
-    ]
-    saved = [image for image in images if image.type == "output"]
-    return saved or images
+    outputs, failure = history_outcome(history_entry)
+    if failure:
+        raise workflow_failed(failure)
+    return outputs
 
 
 class Backend(ABC):

@@ -1,7 +1,17 @@
-"""ComfyUI's answers turned into one line: a rejected prompt's errors, a failed run's exception."""
+"""ComfyUI's answers read in one place, for the API's backends and the standard-library `queue`
+command: a rejected prompt's errors and a failed run's exception in one line, a history entry's
+outcome, the images a run saved. Standard library only (the light install has no torch)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    filename: str
+    subfolder: str
+    type: str
 
 
 def describe_validation_failure(body: dict) -> str:
@@ -32,6 +42,31 @@ def describe_execution_failure(entry: dict) -> str:
         if event == "execution_interrupted":
             return f"interrupted at node {data.get('node_id')} ({data.get('node_type')})"
     return "the server reported an error without details (see its log)"
+
+
+def history_outcome(entry: dict | None) -> tuple[dict | None, str | None]:
+    """A prompt's /history entry read: (outputs, None) once it finished, (None, the failure in one
+    line) when it failed, (None, None) while it has not finished."""
+    if entry is None:
+        return None, None
+    status = entry.get("status") or {}
+    if status.get("status_str") == "error":
+        return None, f"ComfyUI failed to run the workflow: {describe_execution_failure(entry)}"
+    if status and not status.get("completed", True):
+        return None, None
+    return entry.get("outputs") or {}, None
+
+
+def output_images(outputs: dict) -> list[ImageRef]:
+    """The saved images of a run (SaveImage's type "output"); previews only when nothing was saved."""
+    images = [
+        ImageRef(str(image["filename"]), str(image.get("subfolder", "")), str(image.get("type", "output")))
+        for node_output in outputs.values()
+        for image in (node_output or {}).get("images", [])
+        if isinstance(image, dict) and "filename" in image
+    ]
+    saved = [image for image in images if image.type == "output"]
+    return saved or images
 
 
 # Loader inputs that name a model file, and the folder ComfyUI reads it from.

@@ -25,8 +25,9 @@ import math
 import uuid
 
 from .auth import is_authorized
-from .backend import UPLOAD_SUBFOLDER, Backend, Job, output_images
+from .backend import UPLOAD_SUBFOLDER, Backend, Job
 from .catalog import WorkflowCatalog
+from .comfy_messages import output_images
 from .edit_request import DEFAULT_MAX_UPLOAD_BYTES, read_edit_request
 from .generation_request import MAX_SEED, GenerationRequest, parse_generation_request
 from .image_encoding import encode, prepare_edit_image

@@ -19,7 +19,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from ..api.comfy_messages import describe_execution_failure, describe_validation_failure
+from ..api.comfy_messages import describe_validation_failure, history_outcome, output_images
 from ..api.workflow_params import SAMPLER_SEED_INPUT, WorkflowError, apply_overrides, load_api_workflow
 from ..errors import ZImageGGUFError
 from ..fileio import FileWriteError, write_bytes
@@ -318,11 +318,12 @@ def wait_for_outputs(
         history = client.get_json(f"/history/{urllib.parse.quote(prompt_id, safe='')}")
         entry = history.get(prompt_id) if isinstance(history, dict) else None
         elapsed = time.monotonic() - start
-        if entry is not None:
-            if (entry.get("status") or {}).get("status_str") == "error":
-                raise QueueCommandError(f"ComfyUI failed to run the workflow: {describe_execution_failure(entry)}")
+        outputs, failure = history_outcome(entry)
+        if failure:
+            raise QueueCommandError(failure)
+        if outputs is not None:
             print(f"done in {elapsed:.1f}s", flush=True)
-            return entry.get("outputs") or {}
+            return outputs
         if elapsed > timeout_s:
             raise QueueCommandError(
                 f"gave up after {timeout_s:g}s waiting for prompt {prompt_id}; it may still be running on the server"
@@ -351,16 +352,14 @@ def safe_image_name(server_name: str) -> str:
 def save_images(client: ComfyClient, outputs: dict, out, overwrite: bool = False) -> list[Path]:
     """Download every image of the outputs. Each is written atomically (fileio.AtomicWrite); an
     existing file is kept and the new one numbered (`name_00001.png`) unless `overwrite`."""
-    images = [image for node_output in outputs.values() for image in node_output.get("images", [])]
+    images = output_images(outputs)
     if not images:
         raise QueueCommandError("the workflow finished but returned no image (does it end in SaveImage?)")
     saved = []
     for index, image in enumerate(images):
-        query = urllib.parse.urlencode(
-            {"filename": image["filename"], "subfolder": image.get("subfolder", ""), "type": image.get("type", "output")}
-        )
+        query = urllib.parse.urlencode({"filename": image.filename, "subfolder": image.subfolder, "type": image.type})
         if out is None:
-            target = Path(safe_image_name(image["filename"]))
+            target = Path(safe_image_name(image.filename))
         elif index == 0:
             target = Path(out)
         else:
