@@ -113,6 +113,9 @@ class BlockFormat(ChunkFormat):
     unpack: Unpack
     # gguf-py subtracts the K-quants' mins and adds the legacy _1 types' mins.
     subtract_min: bool = False
+    # Set where the CPU unpack returns q times 1 / this, as float16 (exactly; FP4): decode
+    # multiplies it back first, adding +0, which also turns a -0 from a bare sign bit into +0.
+    cpu_q_factor: float | None = None
 
     def writes_exactly(self, dtype: torch.dtype, device: torch.device) -> bool:
         return fused_arithmetic(device) or super().writes_exactly(dtype, device)
@@ -135,7 +138,11 @@ class BlockFormat(ChunkFormat):
             if not fused_arithmetic(values.device):  # CPUs: one flat pass over the float32 values
                 scale_into(values, values, scale, minimum)
             return
-        scale_into(values.view(q.shape), q, scale, minimum)
+        if self.cpu_q_factor is not None and not fused_arithmetic(values.device):
+            values.view(q.shape).copy_(q)
+            torch.add(torch.zeros((), device=values.device), values, alpha=self.cpu_q_factor, out=values)
+            q = values
+        scale_into(values.view(q.shape) if q is not values else values, q, scale, minimum)
 
 
 def scale_into(target: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None) -> None:

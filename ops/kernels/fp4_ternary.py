@@ -95,16 +95,6 @@ def _e2m1_pairs() -> np.ndarray:
     return pairs.view("<i2").reshape(256)
 
 
-@device_table
-def _e2m1_of_low_nibble() -> np.ndarray:
-    return _e2m1_doubled(np.arange(256) & 0x0F)
-
-
-@device_table
-def _e2m1_of_high_nibble() -> np.ndarray:
-    return _e2m1_doubled(np.arange(256) >> 4)
-
-
 def _fp4_pairs(raw: torch.Tensor) -> torch.Tensor:
     """Accelerators: (m, w) bytes -> (m, w, 2) int8 doubled FP4 values of their low and high
     nibbles, one gather of both."""
@@ -112,13 +102,25 @@ def _fp4_pairs(raw: torch.Tensor) -> torch.Tensor:
     return pairs.view(torch.int8).view(*raw.shape, 2)
 
 
-def _fp4_nibbles(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """CPUs: (m, w) bytes -> int8 doubled FP4 values of their low and of their high nibbles, (m, w)
-    each, for the caller to stack contiguously (the copy into float32 then runs flat)."""
-    index = byte_index(raw)
-    low = _e2m1_of_low_nibble(raw.device, torch.int8).index_select(0, index)
-    high = _e2m1_of_high_nibble(raw.device, torch.int8).index_select(0, index)
-    return low.view(raw.shape), high.view(raw.shape)
+def _fp4_as_float16(raw: torch.Tensor) -> torch.Tensor:
+    """CPUs: (..., w) bytes -> (..., 2, w) float16, the doubled FP4 values of their low and high
+    nibbles times 2^-15, exactly: a nibble's exponent and mantissa bits placed as fp16's lowest two
+    exponent bits and top mantissa bit give E2M1 times 2^-14, normal and subnormal alike (a dozen
+    int16 ops on flat runs: twice as fast here as two byte-table gathers). Its sign goes to the
+    sign bit, except for the nibble 1000: ggml reads it as +0, not -0."""
+    x = raw.to(torch.int16)
+    halves = []
+    for low_bit in (0, 4):  # the nibble at bits low_bit..low_bit+3 of x
+        magnitude = x << (9 - low_bit) if low_bit < 9 else x >> (low_bit - 9)
+        magnitude &= 0x0E00
+        nonzero = x & (7 << low_bit)  # sign only where the magnitude is not zero
+        nonzero += 7 << low_bit
+        nonzero &= x
+        nonzero <<= 12 - low_bit
+        nonzero &= -0x8000
+        magnitude |= nonzero
+        halves.append(magnitude)
+    return torch.stack(halves, dim=-2).view(torch.float16)
 
 
 # MXFP4: e (E8M0 exponent byte), qs[16]: element l is the low nibble of qs[l], 16 + l the high.
@@ -137,7 +139,7 @@ def _unpack_mxfp4(blocks: torch.Tensor) -> torch.Tensor:
     raw = blocks[:, 1:17]
     if shared.fused_arithmetic(raw.device):
         return _fp4_pairs(raw).transpose(1, 2)
-    return torch.stack(_fp4_nibbles(raw), dim=1)
+    return _fp4_as_float16(raw)
 
 
 def _scales_mxfp4(blocks: torch.Tensor):
@@ -166,8 +168,7 @@ def _unpack_nvfp4(blocks: torch.Tensor) -> torch.Tensor:
     raw = blocks[:, 4:36]
     if shared.fused_arithmetic(raw.device):
         return _fp4_pairs(raw).view(m, 4, 8, 2).transpose(2, 3)
-    low, high = _fp4_nibbles(raw)
-    return torch.stack((low.view(m, 4, 8), high.view(m, 4, 8)), dim=2)
+    return _fp4_as_float16(raw.view(m, 4, 8))
 
 
 def _scales_nvfp4(blocks: torch.Tensor):
@@ -199,6 +200,6 @@ TYPES = {
         BlockFormat(QK_K, scales=_scales_tq2_0, unpack=_unpack_tq2_0, widest=4 * 64),
         random_with_fp16_fields(T.TQ2_0, {64: (0.5, False)}),
     ),
-    T.MXFP4: (BlockFormat(32, scales=_scales_mxfp4, unpack=_unpack_mxfp4), _random_mxfp4),
-    T.NVFP4: (BlockFormat(64, scales=_scales_nvfp4, unpack=_unpack_nvfp4), _random_nvfp4),
+    T.MXFP4: (BlockFormat(32, scales=_scales_mxfp4, unpack=_unpack_mxfp4, cpu_q_factor=2.0**15), _random_mxfp4),
+    T.NVFP4: (BlockFormat(64, scales=_scales_nvfp4, unpack=_unpack_nvfp4, cpu_q_factor=2.0**15), _random_nvfp4),
 }
