@@ -19,9 +19,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 from ..errors import ZImageGGUFError
-from ..nodes.families.diffusion import detect_diffusion_model
-from ..nodes.families.pairing import DIFFUSION_MODELS
-from ..nodes.families.text_encoders import ENCODER_ARCHS, comfy_te_model, detect_text_encoder, encoder_config
+from ..model_families.diffusion import detect_diffusion_model
+from ..model_families.pairing import DIFFUSION_MODELS
+from ..model_families.text_encoders import ENCODER_ARCHS, comfy_te_model, detect_text_encoder, encoder_config
 
 MODEL_PREFIX = "z-image-turbo"
 ZIMAGE_FAMILIES = ("zimage",)

@@ -13,10 +13,10 @@ import os
 from collections import Counter
 
 from ..errors import ModelDetectionError, ZImageGGUFError
-from ..nodes.families import DIFFUSION_FOLDER, DIFFUSION_LOADER, TEXT_ENCODER_FOLDER, TEXT_ENCODER_LOADER
-from ..nodes.families.diffusion import OTHER_COMPONENTS, detect_diffusion_model
-from ..nodes.families.pairing import DIFFUSION_MODELS, ENCODERS_BY_DISPLAY, models_taking
-from ..nodes.families.text_encoders import ENCODER_ARCHS, comfy_te_model, detect_text_encoder, encoder_config
+from ..model_families import DIFFUSION_FOLDER, DIFFUSION_LOADER, TEXT_ENCODER_FOLDER, TEXT_ENCODER_LOADER
+from ..model_families.diffusion import OTHER_COMPONENTS, detect_diffusion_model
+from ..model_families.pairing import DIFFUSION_MODELS, ENCODERS_BY_DISPLAY, models_taking
+from ..model_families.text_encoders import ENCODER_ARCHS, comfy_te_model, detect_text_encoder, encoder_config
 from ..ops.reader import identify_other_format, load_gguf
 from ..ops.writer import MADE_BY, MADE_BY_KEY
 

@@ -1,6 +1,6 @@
 """`convert` for text encoders: a Qwen3 in HF/ComfyUI safetensors names (`model.embed_tokens.weight`,
 `model.layers.N.self_attn.q_proj.weight` ...) -> a llama.cpp-style GGUF: `general.architecture =
-qwen3`, `blk.N.*` names (the inverse of nodes/families/text_encoders.py's mapping; Qwen3's q/k rows
+qwen3`, `blk.N.*` names (the inverse of model_families/text_encoders.py's mapping; Qwen3's q/k rows
 are not permuted, unlike llama's), the hyperparameters as `qwen3.*` metadata, llama.cpp's mix rules.
 
 The hyperparameters come from the tensor shapes; rope base, RMS epsilon and context length from a
@@ -80,7 +80,7 @@ def qwen3_shape(source_path: Path, shapes: dict[str, tuple[int, ...]], error) ->
 def qwen3_tensors(source, prefix: str, tensor_type, error) -> tuple[list, Callable]:
     """(llama.cpp-named tensors, metadata writer) for a Qwen3 source; `tensor_type` builds the
     converter's SourceTensor; `error(message)` raises the converter's one-line error."""
-    from ..nodes.families.text_encoders import llama_cpp_name
+    from ..model_families.text_encoders import llama_cpp_name
 
     renamed, unknown, biases = [], [], []
     for tensor in source.tensors:

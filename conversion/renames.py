@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from ..errors import ConvertError, ModelDetectionError
+from ..model_families.diffusion import detect_diffusion_model
 from .sources import Source, SourceTensor
 
 # Diffusion families this converter writes, and the architecture / type rules city96 uses for them.
@@ -73,8 +74,6 @@ def zimage_from_diffusers(source: Source, tensors: list[SourceTensor]) -> list[S
 
 def diffusion_tensors(source: Source) -> tuple[str, list[SourceTensor]]:
     """The diffusion model's tensors under ComfyUI names, and the GGUF architecture to write."""
-    from ..nodes.families.diffusion import detect_diffusion_model
-
     tensors = source.tensors
     marker = next((t.name for t in tensors if t.name.endswith(DIFFUSERS_ZIMAGE_MARKER)), None)
     if marker is not None:

@@ -1,1 +1,1 @@
-"""The ComfyUI face of the pack: node classes and their orchestration (families/ says what a file is)."""
+"""The ComfyUI face of the pack: node classes and their orchestration (model_families/ says what a file is)."""

@@ -19,12 +19,12 @@ from ..ops.comfy_ops import as_gguf_patcher, comfy_load_plan
 from ..ops.dtype_policy import dtype_for
 from ..ops.reader import load_gguf
 from ..ops.state_dict import build_state_dict
-from .families import DIFFUSION_LOADER, TEXT_ENCODER_LOADER
-from .families.diffusion import (
+from ..model_families import DIFFUSION_LOADER, TEXT_ENCODER_LOADER
+from ..model_families.diffusion import (
     OTHER_COMPONENTS, detect_diffusion_model, expected_shape_fixes, normalize_diffusion_keys,
 )
-from .families.pairing import check_clip_type, check_encoder_matches_model
-from .families.text_encoders import (
+from ..model_families.pairing import check_clip_type, check_encoder_matches_model
+from ..model_families.text_encoders import (
     ENCODER_ARCHS, comfy_config_kwargs, comfy_te_model, detect_text_encoder, encoder_config, hf_names,
     qk_permute_heads, unpermute_qk_rows,
 )

@@ -63,7 +63,7 @@ def save_model_gguf(patcher, path, mix: str, calculate_weight: Callable, progres
     from ..conversion.plan import write_model
     from ..conversion.renames import ARCHITECTURES
     from ..errors import ModelDetectionError
-    from ..nodes.families.diffusion import detect_diffusion_model
+    from ..model_families.diffusion import detect_diffusion_model
 
     tensors = merged_tensors(patcher, calculate_weight)
     try:

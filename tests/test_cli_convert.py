@@ -16,7 +16,7 @@ from helpers import zimage_factory as factory
 
 from comfyui_zimage_gguf.cli.convert import ConvertError, convert
 from comfyui_zimage_gguf.cli.main import main
-from comfyui_zimage_gguf.nodes.families.diffusion import detect_diffusion_model
+from comfyui_zimage_gguf.model_families.diffusion import detect_diffusion_model
 from comfyui_zimage_gguf.ops import dequantize
 from comfyui_zimage_gguf.ops.quant_rules import plan_types
 from comfyui_zimage_gguf.ops.reader import load_gguf

@@ -17,7 +17,7 @@ from helpers import factories
 
 from comfyui_zimage_gguf.cli.convert import convert
 from comfyui_zimage_gguf.cli.main import main
-from comfyui_zimage_gguf.nodes.families.text_encoders import detect_text_encoder, encoder_config, hf_names
+from comfyui_zimage_gguf.model_families.text_encoders import detect_text_encoder, encoder_config, hf_names
 from comfyui_zimage_gguf.ops import dequantize
 from comfyui_zimage_gguf.ops.quant_rules import plan_types
 from comfyui_zimage_gguf.ops.reader import load_gguf

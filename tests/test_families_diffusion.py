@@ -1,4 +1,4 @@
-"""Diffusion-model detection, key normalisation and pad-token shape fixes (nodes/families/diffusion.py),
+"""Diffusion-model detection, key normalisation and pad-token shape fixes (model_families/diffusion.py),
 and the test factory's Z-Image / VAE files read back through the pack's GGUF reader.
 
 Full-width Z-Image is tested through shape tables (a real 3840-wide file takes ~15-20 s to write
@@ -17,7 +17,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q, quants
 
 from comfyui_zimage_gguf import load_gguf
 from comfyui_zimage_gguf.errors import ModelDetectionError
-from comfyui_zimage_gguf.nodes.families.diffusion import (
+from comfyui_zimage_gguf.model_families.diffusion import (
     DIFFUSION_SIGNATURES,
     detect_diffusion_model,
     expected_shape_fixes,

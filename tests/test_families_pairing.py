@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from comfyui_zimage_gguf.errors import IncompatibleModelError
-from comfyui_zimage_gguf.nodes.families import diffusion
-from comfyui_zimage_gguf.nodes.families.pairing import (
+from comfyui_zimage_gguf.model_families import diffusion
+from comfyui_zimage_gguf.model_families.pairing import (
     CLIP_TYPE_ENCODERS, DIFFUSION_MODELS, ENCODERS_BY_DISPLAY, FIRST_LINE_LIMIT, KNOWN_ENCODERS, PAIRINGS,
     check_clip_type, check_encoder_matches_model, describe_width,
 )

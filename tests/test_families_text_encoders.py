@@ -15,7 +15,7 @@ from gguf import GGMLQuantizationType as T
 
 from comfyui_zimage_gguf import load_gguf
 from comfyui_zimage_gguf.errors import IncompatibleModelError, ModelDetectionError
-from comfyui_zimage_gguf.nodes.families.text_encoders import (
+from comfyui_zimage_gguf.model_families.text_encoders import (
     BLOCK_NAMES, ENCODER_ARCHS, GLOBAL_NAMES, comfy_config_kwargs, comfy_te_model_name, detect_text_encoder,
     encoder_config, hf_name, hf_names, llama_cpp_name, qk_permute_heads, unpermute_qk_rows,
 )
@@ -253,7 +253,7 @@ def test_kwargs_are_fields_of_comfyuis_config_dataclasses():
         for node in ast.parse(source).body
         if isinstance(node, ast.ClassDef)
     }
-    from comfyui_zimage_gguf.nodes.families.text_encoders import comfy_te_model
+    from comfyui_zimage_gguf.model_families.text_encoders import comfy_te_model
 
     for model, (args, _) in REAL_MODELS.items():
         meta, shapes = _llm(*args)

@@ -11,7 +11,7 @@ from helpers.zimage_factory import write_zimage_gguf
 from comfyui_zimage_gguf import errors
 from comfyui_zimage_gguf.errors import IncompatibleModelError, ModelDetectionError, ZImageGGUFError
 from comfyui_zimage_gguf.nodes import loaders
-from comfyui_zimage_gguf.nodes.families.text_encoders import detect_text_encoder
+from comfyui_zimage_gguf.model_families.text_encoders import detect_text_encoder
 from comfyui_zimage_gguf.ops.reader import load_gguf
 
 SMALL_ENCODER = dict(arch="qwen3", n_layers=1, hidden=64, heads=4, kv_heads=2, head_dim=16, ffn=128, vocab=300)

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ...errors import ModelDetectionError
+from ..errors import ModelDetectionError
 from . import TEXT_ENCODER_FOLDER, TEXT_ENCODER_LOADER
 from .pairing import caption_encoder
 

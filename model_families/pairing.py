@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...errors import IncompatibleModelError
+from ..errors import IncompatibleModelError
 from . import TEXT_ENCODER_FOLDER, TEXT_ENCODER_LOADER
 
 FIRST_LINE_LIMIT = 120  # the editor's toast shows the error type and the message's first line

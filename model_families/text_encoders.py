@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ...errors import IncompatibleModelError, ModelDetectionError
+from ..errors import IncompatibleModelError, ModelDetectionError
 from . import DIFFUSION_FOLDER, DIFFUSION_LOADER
 from .diffusion import CITY96_ARCHITECTURES, find_diffusion_prefix, wrong_file_message
 from .pairing import KNOWN_ENCODERS, KnownEncoder, encoders_of_width
