@@ -69,8 +69,6 @@ def gpu_target(name: str):
 
 def signature(kernel, out: str) -> tuple[dict, dict]:
     """The ASTSource signature and constexprs of a kernel writing `out` (fp16, bf16, fp32)."""
-    from comfyui_zimage_gguf.ops.triton_kernels import _device_table  # noqa: F401 - same tables as launch
-
     arg_names = kernel.fn.arg_names
     types = {"src": "*u8", "dst": f"*{out}", "n_blocks": "i32"}
     tables = [name for name in arg_names if name not in (*types, "BLOCKS")]
@@ -326,7 +324,7 @@ def run_compile_check(args) -> int:
     except ImportError:
         print("bench --compile-check needs triton (pip install triton); nothing was compiled")
         return 2
-    from comfyui_zimage_gguf.ops import triton_kernels
+    from ..ops import triton_kernels
 
     if triton_kernels.interpreting():
         print("bench --compile-check: TRITON_INTERPRET is set; unset it (the interpreter cannot compile)")
