@@ -210,7 +210,7 @@ def test_cpu_linear_forward_takes_the_slab_product_and_equals_the_pack_layers(co
 
     calls = []
     real = linear.quantized_linear
-    monkeypatch.setattr("comfyui_zimage_gguf.ops.comfy_layout.quantized_linear",
+    monkeypatch.setattr("comfyui_zimage_gguf.ops.ggml_layouts.quantized_linear",
                         lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
     x = torch.randn(16, 3840)
     with torch.inference_mode():  # as ComfyUI runs its nodes: the state dict is made in there too
