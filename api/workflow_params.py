@@ -169,6 +169,61 @@ def _repeat_latents(workflow: dict, amount: int) -> None:
         next_id += 1
 
 
+def _set_prompts(workflow: dict, prompt, negative_prompt, label: str) -> list[str]:
+    """The positive and negative prompt texts; returns the notes (a negative prompt with nowhere to go)."""
+    notes = []
+    positive_encoders = _sampler_prompt_encoders(workflow, "positive")
+    if prompt is not None:
+        what = f"{PROMPT_ENCODER_TYPE} feeding a sampler's positive input"
+        for encoder in _require(positive_encoders, what, "prompt", label):
+            encoder["inputs"]["text"] = prompt
+    if negative_prompt is not None:
+        negative_encoders = [
+            encoder
+            for encoder in _sampler_prompt_encoders(workflow, "negative")
+            if all(encoder is not positive for positive in positive_encoders)
+        ]
+        for encoder in negative_encoders:
+            encoder["inputs"]["text"] = negative_prompt
+        if not negative_encoders:
+            notes.append(
+                f"negative_prompt ignored: the workflow has no {PROMPT_ENCODER_TYPE} of its own feeding a "
+                "sampler's negative input"
+            )
+    return notes
+
+
+def _set_sampler_inputs(workflow: dict, values: dict, label: str) -> None:
+    """seed (under each sampler's own input name), steps and denoise (KSampler only) on every sampler."""
+    samplers = _nodes_of_type(workflow, SAMPLER_SEED_INPUT)
+    if values["seed"] is not None:
+        for sampler in _require(samplers, "KSampler", "seed", label):
+            sampler["inputs"][SAMPLER_SEED_INPUT[sampler["class_type"]]] = values["seed"]
+    if values["steps"] is not None:
+        for sampler in _require(samplers, "KSampler", "steps", label):
+            sampler["inputs"]["steps"] = values["steps"]
+    if values["denoise"] is not None:
+        for sampler in _require(_nodes_of_type(workflow, ("KSampler",)), "KSampler", "denoise", label):
+            sampler["inputs"]["denoise"] = values["denoise"]
+
+
+def _set_image_inputs(workflow: dict, image, masked, batch_size, label: str):
+    """An edit's input image and mask; returns the batch size left for a latent node to take (None
+    when an edit workflow repeats its one encoded latent instead)."""
+    if image is not None:
+        for loader in _require(_nodes_of_type(workflow, (IMAGE_LOADER_TYPE,)), IMAGE_LOADER_TYPE, "image", label):
+            loader["inputs"]["image"] = image
+    if masked:
+        _require(_nodes_of_type(workflow, (NOISE_MASK_TYPE,)), NOISE_MASK_TYPE, "mask", label)
+    elif masked is not None:
+        _bypass_noise_masks(workflow)
+    has_latent = bool(_nodes_of_type(workflow, LATENT_TYPES))
+    if batch_size is not None and batch_size > 1 and not has_latent and is_edit_workflow(workflow):
+        _repeat_latents(workflow, batch_size)
+        return None
+    return batch_size
+
+
 def apply_overrides(
     workflow: dict,
     *,
@@ -194,46 +249,9 @@ def apply_overrides(
     side (Z-Image Turbo zeroes it and runs at cfg 1) ignores it, and the result's notes say so.
     """
     workflow = copy.deepcopy(workflow)
-    notes = []
-    samplers = _nodes_of_type(workflow, SAMPLER_SEED_INPUT)
-    positive_encoders = _sampler_prompt_encoders(workflow, "positive")
-    if prompt is not None:
-        what = f"{PROMPT_ENCODER_TYPE} feeding a sampler's positive input"
-        for encoder in _require(positive_encoders, what, "prompt", label):
-            encoder["inputs"]["text"] = prompt
-    if negative_prompt is not None:
-        negative_encoders = [
-            encoder
-            for encoder in _sampler_prompt_encoders(workflow, "negative")
-            if all(encoder is not positive for positive in positive_encoders)
-        ]
-        for encoder in negative_encoders:
-            encoder["inputs"]["text"] = negative_prompt
-        if not negative_encoders:
-            notes.append(
-                f"negative_prompt ignored: the workflow has no {PROMPT_ENCODER_TYPE} of its own feeding a "
-                "sampler's negative input"
-            )
-    if seed is not None:
-        for sampler in _require(samplers, "KSampler", "seed", label):
-            sampler["inputs"][SAMPLER_SEED_INPUT[sampler["class_type"]]] = seed
-    if steps is not None:
-        for sampler in _require(samplers, "KSampler", "steps", label):
-            sampler["inputs"]["steps"] = steps
-    if denoise is not None:
-        for sampler in _require(_nodes_of_type(workflow, ("KSampler",)), "KSampler", "denoise", label):
-            sampler["inputs"]["denoise"] = denoise
-    if image is not None:
-        for loader in _require(_nodes_of_type(workflow, (IMAGE_LOADER_TYPE,)), IMAGE_LOADER_TYPE, "image", label):
-            loader["inputs"]["image"] = image
-    if masked:
-        _require(_nodes_of_type(workflow, (NOISE_MASK_TYPE,)), NOISE_MASK_TYPE, "mask", label)
-    elif masked is not None:
-        _bypass_noise_masks(workflow)
-    has_latent = bool(_nodes_of_type(workflow, LATENT_TYPES))
-    if batch_size is not None and batch_size > 1 and not has_latent and is_edit_workflow(workflow):
-        _repeat_latents(workflow, batch_size)
-        batch_size = None
+    notes = _set_prompts(workflow, prompt, negative_prompt, label)
+    _set_sampler_inputs(workflow, {"seed": seed, "steps": steps, "denoise": denoise}, label)
+    batch_size = _set_image_inputs(workflow, image, masked, batch_size, label)
     for name, value in (("width", width), ("height", height), ("batch_size", batch_size)):
         if value is not None:
             for latent in _require(_nodes_of_type(workflow, LATENT_TYPES), " or ".join(LATENT_TYPES), name, label):

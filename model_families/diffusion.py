@@ -251,6 +251,30 @@ def normalize_diffusion_keys(tensor_shapes: Mapping[str, Any]) -> dict[str, str]
     return {name[len(prefix):]: name for name in tensor_shapes if name.startswith(prefix)}
 
 
+def _file_info(signature, shapes: dict, n_stored: int, prefix: str, architecture) -> DiffusionFileInfo:
+    """What a matched signature says about the file: family, key layout, style, widths."""
+    declared = architecture if architecture not in PLACEHOLDER_ARCHITECTURES else None
+    if declared is not None:
+        style = "city96"
+    elif prefix == "model.diffusion_model.":
+        style = "sdcpp"
+    else:
+        style = "bare"
+    return DiffusionFileInfo(
+        family=signature.family,
+        display_name=signature.display_name,
+        key_format=signature.key_format,
+        prefix=prefix,
+        style=style,
+        architecture=architecture,
+        width=_dim(shapes, signature.width_key, 0),
+        caption_width=_dim(shapes, signature.caption_key, signature.caption_dim),
+        caption_encoder=caption_encoder(signature.family),
+        n_tensors=len(shapes),
+        other_tensors=n_stored - len(shapes),
+    )
+
+
 def detect_diffusion_model(
     metadata: Mapping[str, Any] | None,
     tensor_shapes: Mapping[str, Shape],
@@ -274,27 +298,7 @@ def detect_diffusion_model(
 
     for signature in DIFFUSION_SIGNATURES:
         if signature.matches(shapes):
-            declared = architecture if architecture not in PLACEHOLDER_ARCHITECTURES else None
-            if declared is not None:
-                style = "city96"
-            elif prefix == "model.diffusion_model.":
-                style = "sdcpp"
-            else:
-                style = "bare"
-            caption_width = _dim(shapes, signature.caption_key, signature.caption_dim)
-            return DiffusionFileInfo(
-                family=signature.family,
-                display_name=signature.display_name,
-                key_format=signature.key_format,
-                prefix=prefix,
-                style=style,
-                architecture=architecture,
-                width=_dim(shapes, signature.width_key, 0),
-                caption_width=caption_width,
-                caption_encoder=caption_encoder(signature.family),
-                n_tensors=len(shapes),
-                other_tensors=len(tensor_shapes) - len(shapes),
-            )
+            return _file_info(signature, shapes, len(tensor_shapes), prefix, architecture)
 
     name = os.path.basename(str(source))
     for component in OTHER_COMPONENTS:

@@ -156,6 +156,38 @@ def first_line(*candidates: str) -> str:
     return candidates[-1]
 
 
+def _encoder_width_needed(model, caption_width: int) -> tuple[int, int | None]:
+    """How many encoder layers the model stacks into its caption input, and the encoder width that
+    gives `caption_width` (None when it is not a multiple)."""
+    stacked = model.stacked_layers if model else 1
+    return stacked, (caption_width // stacked if caption_width % stacked == 0 else None)
+
+
+def _mismatch_details(encoder_name: str, encoder_width: int, found: str, model_name: str, model, display: str,
+                      expected_width: int, expected) -> list[str]:
+    """The lines under a mismatch's first line: both files, the widths, what to download."""
+    stacked, needed_width = _encoder_width_needed(model, expected_width)
+    details = [f"Text encoder: {encoder_name} ({found}, {encoder_width} wide)."]
+    where = f", read from {model.width_field}" if model and model.width_field else ""
+    model_line = f"Diffusion model: {model_name} ({display}, caption width {expected_width}{where})."
+    if stacked > 1:
+        model_line += (f" {display} concatenates {stacked} layers of its encoder: "
+                       + (f"caption width {expected_width} = {stacked} x {needed_width}." if needed_width else
+                          f"yet {expected_width} is not a multiple of {stacked}."))
+    details.append(model_line)
+    if expected:
+        where_from = f" from {expected.download}" if expected.download else ""
+        details.append(
+            f"Download {' or '.join(expected.files)}{where_from} into {TEXT_ENCODER_FOLDER}, and pick it in "
+            f"'{TEXT_ENCODER_LOADER}' with type '{model.clip_type}'.")
+    elif model and model.encoders:
+        known = ", ".join(f"{d} ({ENCODERS_BY_DISPLAY[d].width * stacked})" for d in model.encoders)
+        details.append(f"The {display} text encoders known here give caption widths: {known}.")
+    else:
+        details.append(f"Text encoders {expected_width} wide: {describe_width(expected_width)}.")
+    return details
+
+
 def check_encoder_matches_model(
     encoder_name: str,
     encoder_width: int,
@@ -176,9 +208,8 @@ def check_encoder_matches_model(
     Returns the known encoder the model expects, or None when the table has none of that width.
     """
     model = DIFFUSION_MODELS.get(model_family)
-    stacked = model.stacked_layers if model else 1
+    _, needed_width = _encoder_width_needed(model, expected_width)
     display = model.display if model else (model_display or model_family)
-    needed_width = expected_width // stacked if expected_width % stacked == 0 else None
     expected = None
     if model and needed_width:
         expected = next((ENCODERS_BY_DISPLAY[d] for d in model.encoders if ENCODERS_BY_DISPLAY[d].width == needed_width), None)
@@ -207,24 +238,8 @@ def check_encoder_matches_model(
                 f"load one {expected_width} wide.")
         message = first_line(head.format(enc=encoder_name), head.format(enc="the text encoder"))
 
-    details = [f"Text encoder: {encoder_name} ({found}, {encoder_width} wide)."]
-    where = f", read from {model.width_field}" if model and model.width_field else ""
-    model_line = f"Diffusion model: {model_name} ({display}, caption width {expected_width}{where})."
-    if stacked > 1:
-        model_line += (f" {display} concatenates {stacked} layers of its encoder: "
-                       + (f"caption width {expected_width} = {stacked} x {needed_width}." if needed_width else
-                          f"yet {expected_width} is not a multiple of {stacked}."))
-    details.append(model_line)
-    if expected:
-        where_from = f" from {expected.download}" if expected.download else ""
-        details.append(
-            f"Download {' or '.join(expected.files)}{where_from} into {TEXT_ENCODER_FOLDER}, and pick it in "
-            f"'{TEXT_ENCODER_LOADER}' with type '{model.clip_type}'.")
-    elif model and model.encoders:
-        known = ", ".join(f"{d} ({ENCODERS_BY_DISPLAY[d].width * stacked})" for d in model.encoders)
-        details.append(f"The {display} text encoders known here give caption widths: {known}.")
-    else:
-        details.append(f"Text encoders {expected_width} wide: {describe_width(expected_width)}.")
+    details = _mismatch_details(encoder_name, encoder_width, found, model_name, model, display, expected_width,
+                                expected)
     raise IncompatibleModelError("\n".join([message] + details))
 
 
