@@ -122,8 +122,7 @@ class BlockFormat(ChunkFormat):
 
     def decode(self, blocks: torch.Tensor, values: torch.Tensor, spare: torch.Tensor | None) -> None:
         scale, minimum = self.scales(blocks)
-        if minimum is not None and self.subtract_min:
-            minimum = minimum.neg()
+        subtract = self.subtract_min
         q = self.unpack(blocks)
         if isinstance(q, tuple):  # consecutive runs of the block, one scale per block
             start = 0
@@ -131,43 +130,49 @@ class BlockFormat(ChunkFormat):
                 size = math.prod(piece.shape[1:])
                 target = values[:, start : start + size].view(piece.shape)
                 if fused_arithmetic(values.device):
-                    scale_into(target, piece, scale, minimum)
+                    scale_into(target, piece, scale, minimum, subtract)
                 else:
                     target.copy_(piece)
                 start += size
             if not fused_arithmetic(values.device):  # CPUs: one flat pass over the float32 values
-                scale_into(values, values, scale, minimum)
+                scale_into(values, values, scale, minimum, subtract)
             return
         if self.cpu_q_factor is not None and not fused_arithmetic(values.device):
             values.view(q.shape).copy_(q)
             torch.add(torch.zeros((), device=values.device), values, alpha=self.cpu_q_factor, out=values)
             q = values
-        scale_into(values.view(q.shape) if q is not values else values, q, scale, minimum)
+        scale_into(values.view(q.shape) if q is not values else values, q, scale, minimum, subtract)
 
 
-def scale_into(target: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None) -> None:
-    """target = scale * q [+ minimum], in float32 arithmetic, rounded once into target's dtype.
+def scale_into(target: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
+               subtract: bool = False) -> None:
+    """target = scale * q [+ or - minimum], in float32 arithmetic, rounded once into target's dtype.
 
-    q and target have the same shape (m, ...), row-major in output order (q may be target itself,
-    on CPUs); scale and minimum are float32 (m, n_sub), one value per equal run of each row.
+    q and target have the same shape (m, ...), row-major in output order (on CPUs target is
+    contiguous and q may be target itself); scale and minimum are float32 (m, n_sub), one value
+    per equal run of each row.
     """
-    in_place = q is target
+    if not fused_arithmetic(target.device):
+        # CPUs: in place on the contiguous float32 values, as few views as possible (each chunk's
+        # Python overhead counts at these sizes)
+        if q is not target:
+            target.copy_(q)
+        sub_blocks = target.view(target.shape[0], scale.shape[1], -1)
+        sub_blocks.mul_(scale.unsqueeze(-1))
+        if minimum is not None and subtract:
+            sub_blocks.sub_(minimum.unsqueeze(-1))
+        elif minimum is not None:
+            sub_blocks.add_(minimum.unsqueeze(-1))
+        return
     run = math.prod(q.shape[1:]) // scale.shape[1]
     if q.shape[-1] > run:
         q, target = q.unflatten(-1, (-1, run)), target.unflatten(-1, (-1, run))
     scale = _per_element(scale, q.shape)
-    minimum = None if minimum is None else _per_element(minimum, q.shape)
-    if fused_arithmetic(target.device):
-        if minimum is None:
-            torch.mul(q, scale, out=target)
-        else:
-            torch.addcmul(minimum, q, scale, out=target)
-        return
-    if not in_place:
-        target.copy_(q)
-    target.mul_(scale)
-    if minimum is not None:
-        target.add_(minimum)
+    if minimum is None:
+        torch.mul(q, scale, out=target)
+    else:
+        # scale * q - min is scale * q + (-min), bit for bit
+        torch.addcmul(_per_element(minimum.neg() if subtract else minimum, q.shape), q, scale, out=target)
 
 
 def dequantize_blocks(blocks: torch.Tensor, out: torch.Tensor, fmt: ChunkFormat) -> None:
@@ -276,7 +281,8 @@ def _planes(raw: torch.Tensor, shifts, bits: int, start: int, stop: int | None) 
         plane_shifts = shifts(raw.device, torch.uint8)
         planes = raw.reshape(1, -1) >> plane_shifts
         planes &= mask
-        return planes.view(plane_shifts.shape[0], *raw.shape)[..., start:stop]
+        planes = planes.view(plane_shifts.shape[0], *raw.shape)
+        return planes if start == 0 and stop is None else planes[..., start:stop]
     raw = raw[..., start:stop]
     count = 8 // bits
     planes = torch.empty((count, *raw.shape), dtype=torch.uint8, device=raw.device)

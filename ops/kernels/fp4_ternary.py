@@ -175,7 +175,7 @@ def _scales_nvfp4(blocks: torch.Tensor):
     return _ue4m3_half(blocks.device, torch.float32).index_select(0, byte_index(blocks[:, 0:4])).view(-1, 4), None
 
 
-# widest: TQ1_0 looks up 8 bytes per byte, TQ2_0 splits every byte in 4.
+# widest: TQ1_0 multiplies every byte by 5 powers of three (CPUs), TQ2_0 splits every byte in 4.
 
 
 def _random_mxfp4(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
@@ -192,7 +192,7 @@ def _random_nvfp4(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
 
 TYPES = {
     T.TQ1_0: (
-        BlockFormat(QK_K, scales=_scales_tq1_0, unpack=_unpack_tq1_0, widest=8 * 54),
+        BlockFormat(QK_K, scales=_scales_tq1_0, unpack=_unpack_tq1_0, widest=5 * 54),
         random_with_fp16_fields(T.TQ1_0, {52: (1.0, False)}),
     ),
     # q reaches 2
