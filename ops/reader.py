@@ -32,7 +32,6 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from ..errors import GGUFFormatError, NotGGUFError
 from .quant_types import rows_are_whole_blocks, tensor_bytes
-from .state_dict import build_state_dict
 
 GGUF_MAGIC = b"GGUF"
 SAFETENSORS_ADVICE = ("whatever its name, load it with ComfyUI's own loaders, or make a GGUF of it with "
@@ -265,12 +264,6 @@ class GGUFFile:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Tensor name -> shape (torch order), in file order: what model detection works from."""
         return {name: info.shape for name, info in self.tensors.items()}
-
-    def quantized_state_dict(self, dtype: torch.dtype = torch.float16) -> dict:
-        """Every tensor as a `QuantizedTensor` (zero-copy; `dtype` is the float type it reports
-        and dequantizes to by default), in file order. Built by `ops.state_dict.build_state_dict`,
-        with no tensor too small to stay quantized."""
-        return build_state_dict(self, dtype, small_tensor_elements=0)[0]
 
     def close(self) -> None:
         if self._mapped is None:

@@ -31,6 +31,13 @@ class LoadStats:
         return f"{sum(self.type_counts.values())} tensors ({types}), {self.file_bytes / 2**30:.2f} GiB"
 
 
+def quantized_state_dict(gguf_file, dtype: torch.dtype = torch.float16) -> dict:
+    """Every tensor of an opened GGUF file (ops.reader.load_gguf) as a `QuantizedTensor` (zero-copy;
+    `dtype` is the float type it reports and dequantizes to by default), in file order: the builder
+    below with no tensor too small to stay quantized."""
+    return build_state_dict(gguf_file, dtype, small_tensor_elements=0)[0]
+
+
 def build_state_dict(gguf_file, compute_dtype: torch.dtype, *, names: dict[str, str] | None = None,
                      shapes: dict[str, tuple] | None = None, progress=None,
                      small_tensor_elements: int = SMALL_TENSOR_ELEMENTS) -> tuple[dict, LoadStats]:

@@ -5,6 +5,7 @@ from gguf import GGMLQuantizationType as T, GGUFWriter, quants
 
 import comfyui_zimage_gguf
 from comfyui_zimage_gguf.ops import dequantize
+from comfyui_zimage_gguf.ops.state_dict import quantized_state_dict
 from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
 
 
@@ -21,7 +22,7 @@ def test_load_gguf_gives_metadata_and_quantized_tensors(tmp_path):
 
     gguf_file = comfyui_zimage_gguf.load_gguf(path)
     assert gguf_file.architecture == "qwen3" and gguf_file.metadata["qwen3.block_count"] == 7
-    state_dict = gguf_file.quantized_state_dict(torch.bfloat16)
+    state_dict = quantized_state_dict(gguf_file, torch.bfloat16)
     weight = state_dict["blk.0.ffn_up.weight"]
     assert isinstance(weight, QuantizedTensor)
     assert weight.shape == (4, 64) and weight.dtype == torch.bfloat16 and weight.ggml_type == T.Q8_0

@@ -1,5 +1,5 @@
 """ops/state_dict.py: the one way a state dict is built from an opened GGUF file (the loader nodes
-and `GGUFFile.quantized_state_dict` both go through it)."""
+and `ops.state_dict.quantized_state_dict` both go through it)."""
 from __future__ import annotations
 
 import gguf
@@ -10,7 +10,7 @@ from gguf import GGMLQuantizationType as T, quants
 
 from comfyui_zimage_gguf import load_gguf
 from comfyui_zimage_gguf.errors import ModelDetectionError
-from comfyui_zimage_gguf.ops.state_dict import SMALL_TENSOR_ELEMENTS, build_state_dict
+from comfyui_zimage_gguf.ops.state_dict import SMALL_TENSOR_ELEMENTS, build_state_dict, quantized_state_dict
 from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
 
 # name -> (shape, type); "big" is just large enough to stay quantized, the others are small.
@@ -85,7 +85,7 @@ def test_a_shape_of_another_element_count_names_the_file_and_tensor(gguf_path):
 
 def test_quantized_state_dict_is_the_builder_with_nothing_dequantized(gguf_path):
     gguf_file = load_gguf(gguf_path)
-    state_dict = gguf_file.quantized_state_dict(torch.bfloat16)
+    state_dict = quantized_state_dict(gguf_file, torch.bfloat16)
 
     assert list(state_dict) == list(TENSORS)
     for name, (shape, ggml_type) in TENSORS.items():

@@ -167,3 +167,17 @@ def test_benchmarks_and_commands_use_nothing_from_tests(folder):
         if '"tests"' in text or "'tests'" in text or '"tests/' in text:
             wrong.append(f"{path.name}: names the tests folder")
     assert wrong == []
+
+
+def _reachable(module: str) -> set[str]:
+    seen, todo = set(), [module]
+    while todo:
+        for target in GRAPH[todo.pop()] - seen:
+            seen.add(target)
+            todo.append(target)
+    return seen
+
+
+def test_the_reader_knows_no_tensor_class():
+    # the GGUF file layer hands out bytes and descriptions; ops/state_dict.py makes tensors of them
+    assert {"ops.tensor", "ops.state_dict"} & _reachable("ops.reader") == set()
