@@ -181,3 +181,15 @@ def _reachable(module: str) -> set[str]:
 def test_the_reader_knows_no_tensor_class():
     # the GGUF file layer hands out bytes and descriptions; ops/state_dict.py makes tensors of them
     assert {"ops.tensor", "ops.state_dict"} & _reachable("ops.reader") == set()
+
+
+def test_the_wheel_lists_every_subpackage():
+    # setuptools installs only the packages pyproject.toml names: a new folder left out is missing
+    # from every non-editable install
+    import re  # (tomllib is Python 3.11+; the pack supports 3.10)
+
+    line = re.search(r"^packages = \[(.*?)\]", (PACK / "pyproject.toml").read_text(), re.M | re.S).group(1)
+    listed = set(re.findall(r'"([^"]+)"', line))
+    packages = {".".join(["comfyui_zimage_gguf", *([name] if name else [])])
+                for name, path in MODULES.items() if path.name == "__init__.py"}
+    assert packages == listed
