@@ -13,10 +13,10 @@ if __package__ and _find_spec("torch") is not None:
 
     check_comfyui()  # under ComfyUI: refuse one too old in one clear line; log what it lacks (comfy_compat)
 
-    from .ops.reader import load_gguf
+    from .ops.gguf_file.reader import load_gguf
     from .nodes import loaders as _loaders, save_gguf as _save_gguf
     from .api.inserver import register_with_comfyui as _add_image_api_routes
-    from .ops.comfy_layout import register_if_loaded as _register_gguf_layouts
+    from .ops.comfy_edge.comfy_layout import register_if_loaded as _register_gguf_layouts
 
     NODE_CLASS_MAPPINGS = {**_loaders.NODE_CLASS_MAPPINGS, **_save_gguf.NODE_CLASS_MAPPINGS}
     NODE_DISPLAY_NAME_MAPPINGS = {**_loaders.NODE_DISPLAY_NAME_MAPPINGS, **_save_gguf.NODE_DISPLAY_NAME_MAPPINGS}

@@ -72,7 +72,7 @@ def _safetensors_shapes(path: str) -> dict[str, tuple[int, ...]]:
 
 
 def _classify_gguf(path: str) -> tuple[str | None, str | None]:
-    from ..ops.reader import load_gguf
+    from ..ops.gguf_file.reader import load_gguf
 
     with load_gguf(path) as gguf_file:
         shapes, metadata = gguf_file.shapes, gguf_file.metadata

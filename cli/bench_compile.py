@@ -1,7 +1,7 @@
 """`python -m comfyui_zimage_gguf bench --compile-check`: every Triton dequantization kernel compiled
 ahead of time for real GPUs on a machine without one, and its memory traffic counted.
 
-For each registered type (ops/triton_kernels) and output dtype (float16, bfloat16, float32), the
+For each registered type (ops/ggml/triton_kernels) and output dtype (float16, bfloat16, float32), the
 kernel goes through Triton's own compiler (`triton.compile` of an `ASTSource`, `enable_fp_fusion`
 off, pointers 16-byte aligned as torch allocates them) for each target: CUDA sm_75, sm_80, sm_86,
 sm_89, sm_90 (PTX, then the cubin by the ptxas that ships with the triton wheel) and ROCm gfx942
@@ -324,7 +324,7 @@ def run_compile_check(args) -> int:
     except ImportError:
         print("bench --compile-check needs triton (pip install triton); nothing was compiled")
         return 2
-    from ..ops import triton_kernels
+    from ..ops.ggml import triton_kernels
 
     if triton_kernels.interpreting():
         print("bench --compile-check: TRITON_INTERPRET is set; unset it (the interpreter cannot compile)")

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from ..ops import QUANT_TYPES, dequantize
-from ..ops.dequant import BACKEND_ENV, triton_refusal
+from ..ops.ggml.dequant import BACKEND_ENV, triton_refusal
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_FOLDER = "comfyui_zimage_gguf"

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType
 
-from ..ops.quant_types import tensor_bytes
-from ..ops.reader import load_gguf
+from ..ops.ggml.quant_types import tensor_bytes
+from ..ops.gguf_file.reader import load_gguf
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "comfyui_zimage_gguf" / "bench"
 # Bump the suffix whenever the generated content changes, so stale cached files are not reused.

@@ -1,8 +1,8 @@
 """`convert SRC OUT.gguf --type Q4_K_M`: the command over conversion/ (sources, renames, plan) and
-ops/writer.py. A Z-Image diffusion model (ComfyUI safetensors in BF16/F16/F32 or ComfyUI's scaled
+ops/gguf_file/writer.py. A Z-Image diffusion model (ComfyUI safetensors in BF16/F16/F32 or ComfyUI's scaled
 fp8, a diffusers transformer folder, or a GGUF to requantize) or a Qwen3 text encoder -> a
 city96-style GGUF (`general.architecture = lumina2`, ComfyUI's bare tensor names, per-tensor types
-from ops.quant_rules). This module adds what a terminal needs: the progress printer, the
+from ops.ggml.quant_rules). This module adds what a terminal needs: the progress printer, the
 arguments, one-line errors.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def convert(src, out, mix: str = "Q4_K_M", overwrite: bool = False, progress: bo
 
 
 def add_convert_parser(sub) -> None:
-    from ..ops.quant_rules import MIXES
+    from ..ops.ggml.quant_rules import MIXES
 
     parser = sub.add_parser("convert", help="write a Z-Image model (safetensors, diffusers folder or GGUF) or a "
                                             "Qwen3 text encoder (HF/ComfyUI safetensors) as a quantized GGUF")

@@ -17,8 +17,8 @@ from ..model_families import DIFFUSION_FOLDER, DIFFUSION_LOADER, TEXT_ENCODER_FO
 from ..model_families.diffusion import OTHER_COMPONENTS, detect_diffusion_model
 from ..model_families.pairing import DIFFUSION_MODELS, ENCODERS_BY_DISPLAY, models_taking
 from ..model_families.text_encoders import ENCODER_ARCHS, comfy_te_model, detect_text_encoder, encoder_config
-from ..ops.reader import identify_other_format, load_gguf
-from ..ops.writer import MADE_BY, MADE_BY_KEY
+from ..ops.gguf_file.reader import identify_other_format, load_gguf
+from ..ops.gguf_file.writer import MADE_BY, MADE_BY_KEY
 
 ZIMAGE = DIFFUSION_MODELS["zimage"]
 MADE_BY_THIS_PACK = "made by this pack"

@@ -1,5 +1,5 @@
 """Detect, plan, write: a source's tensors under the names the GGUF uses get their GGML types
-(ops.quant_rules) and go to the streaming writer (ops.writer). `convert()` is the whole conversion
+(ops.ggml.quant_rules) and go to the streaming writer (ops.gguf_file.writer). `convert()` is the whole conversion
 of a file for the CLI and the Python API; `write_model()` is the step the Save node shares with it."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from ..errors import ConvertError
-from ..ops.writer import WriteProgress, write_gguf
+from ..ops.gguf_file.writer import WriteProgress, write_gguf
 from .renames import diffusion_tensors
 from .sources import SourceTensor, open_source
 
@@ -20,7 +20,7 @@ def write_model(out, architecture: str, mix: str,
                 progress: Callable[[int, int], WriteProgress] | None = None, **writer_options) -> Path:
     """Plan (name, shape, dtype, load) tensors as `mix` for `architecture` and write them;
     `progress(n_tensors, n_elements)` makes the reporter the writer updates after each tensor."""
-    from ..ops.quant_rules import plan_types
+    from ..ops.ggml.quant_rules import plan_types
 
     plan = plan_types({name: (shape, dtype) for name, shape, dtype, _ in tensors}, mix, architecture)
     jobs = [(name, shape, plan[name], load) for name, shape, _, load in tensors]
@@ -29,9 +29,9 @@ def write_model(out, architecture: str, mix: str,
 
 
 def _load_importance(imatrix, mix: str):
-    from ..ops.imatrix import load_imatrix
-    from ..ops.quant_rules import MIXES
-    from ..ops.quantize import imatrix_types
+    from ..ops.gguf_file.imatrix import load_imatrix
+    from ..ops.ggml.quant_rules import MIXES
+    from ..ops.ggml.quantize import imatrix_types
 
     if imatrix is None:
         return None
@@ -48,7 +48,7 @@ def convert(src, out, mix: str = "Q4_K_M", overwrite: bool = False,
     the written path. `imatrix`: a llama.cpp importance-matrix file (.gguf or legacy .dat) whose
     entries, by GGUF tensor name, weight the K/IQ4 quantization as llama-quantize --imatrix does.
     `progress(n_tensors, n_elements)` makes the reporter the writer updates after each tensor."""
-    from ..ops.quant_rules import MIXES
+    from ..ops.ggml.quant_rules import MIXES
     from .encoder_names import qwen3_prefix, qwen3_tensors
 
     if mix not in MIXES:

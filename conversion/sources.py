@@ -195,7 +195,7 @@ _GGUF_FLOAT = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat1
 
 def _open_gguf(path: Path) -> Source:
     from ..ops import dequantize
-    from ..ops.reader import load_gguf
+    from ..ops.gguf_file.reader import load_gguf
 
     gguf_file = load_gguf(path)
     tensors = []

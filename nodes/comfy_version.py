@@ -3,7 +3,7 @@
 The version floor: 0.16.0 is the first ComfyUI whose two loaders (`comfy.sd.load_diffusion_model_state_dict`
 from 0.15.1, `comfy.sd.load_text_encoder_state_dicts` from 0.16.0) take `disable_dynamic=`, which the
 pack's own layers need wherever DynamicVRAM is on; an older ComfyUI is refused at startup in one line
-instead of failing on the first load. The internals (ops/comfy_compat.py) are probed by presence and
+instead of failing on the first load. The internals (ops/comfy_edge/comfy_compat.py) are probed by presence and
 signature, whatever the version says: a ComfyUI newer than the pack knows is not refused, only
 reported where it lacks something.
 """
@@ -13,7 +13,7 @@ import re
 import sys
 
 from ..errors import ZImageGGUFError
-from ..ops.comfy_compat import log_at_load
+from ..ops.comfy_edge.comfy_compat import log_at_load
 
 MIN_COMFYUI_VERSION = (0, 16, 0)
 

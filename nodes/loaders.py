@@ -14,11 +14,11 @@ import weakref
 import torch
 
 from ..errors import IncompatibleModelError, ModelDetectionError, ZImageGGUFError
-from ..ops.comfy_compat import require_loaders
-from ..ops.comfy_ops import as_gguf_patcher, comfy_load_plan
-from ..ops.dtype_policy import dtype_for
-from ..ops.reader import load_gguf
-from ..ops.state_dict import build_state_dict
+from ..ops.comfy_edge.comfy_compat import require_loaders
+from ..ops.comfy_edge.comfy_ops import as_gguf_patcher, comfy_load_plan
+from ..ops.runtime.dtype_policy import dtype_for
+from ..ops.gguf_file.reader import load_gguf
+from ..ops.runtime.state_dict import build_state_dict
 from ..model_families import DIFFUSION_LOADER, TEXT_ENCODER_LOADER
 from ..model_families.diffusion import (
     OTHER_COMPONENTS, detect_diffusion_model, expected_shape_fixes, normalize_diffusion_keys,
@@ -460,7 +460,7 @@ def show_encode_progress(clip, progress_bar=_comfy_progress_bar) -> int:
 
 
 def _unpermute(tensor, n_heads):
-    from ..ops.tensor import QuantizedTensor
+    from ..ops.runtime.tensor import QuantizedTensor
 
     if isinstance(tensor, QuantizedTensor):
         rows = tensor.raw.view(tensor.shape[0], -1)

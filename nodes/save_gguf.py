@@ -101,7 +101,7 @@ def output_path(folder: str, filename: str) -> Path:
 class ZImageSaveModelGGUF:
     @classmethod
     def INPUT_TYPES(cls):
-        from ..ops.quant_rules import MIXES
+        from ..ops.ggml.quant_rules import MIXES
 
         return {"required": {
             "model": ("MODEL",),

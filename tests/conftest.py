@@ -27,7 +27,7 @@ if importlib.util.find_spec(PACK_NAME) is None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_folder), os.environ.get("PYTHONPATH")]))
     atexit.register(shutil.rmtree, _folder, ignore_errors=True)
 
-from comfyui_zimage_gguf.ops.tensor import FALLBACKS  # noqa: E402
+from comfyui_zimage_gguf.ops.runtime.tensor import FALLBACKS  # noqa: E402
 
 import helpers.gguf_q1_0  # noqa: E402,F401  (gguf-py's Q1_0 reference where gguf-py lacks the class)
 

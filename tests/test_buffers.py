@@ -1,10 +1,10 @@
-"""ops/buffers.py: the layers' reused CPU output buffers are reused, bounded, per thread, and their
+"""ops/runtime/buffers.py: the layers' reused CPU output buffers are reused, bounded, per thread, and their
 memory goes back to the OS on release."""
 import threading
 
 import torch
 
-from comfyui_zimage_gguf.ops.buffers import (
+from comfyui_zimage_gguf.ops.runtime.buffers import (
     DEQUANT_POOL, OUTPUT_BUFFERS, FreedBufferPool, OutputBuffers, release_output_buffers,
 )
 

@@ -18,8 +18,8 @@ from comfyui_zimage_gguf.cli.convert import ConvertError, convert
 from comfyui_zimage_gguf.cli.main import main
 from comfyui_zimage_gguf.model_families.diffusion import detect_diffusion_model
 from comfyui_zimage_gguf.ops import dequantize
-from comfyui_zimage_gguf.ops.quant_rules import plan_types
-from comfyui_zimage_gguf.ops.reader import load_gguf
+from comfyui_zimage_gguf.ops.ggml.quant_rules import plan_types
+from comfyui_zimage_gguf.ops.gguf_file.reader import load_gguf
 
 NARROW = dict(width=256, caption_width=256)
 
@@ -191,7 +191,7 @@ def test_unsupported_dtype(tmp_path, capsys):
 
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     src, _ = narrow_source(tmp_path)
-    from comfyui_zimage_gguf.ops import writer as module
+    from comfyui_zimage_gguf.ops.gguf_file import writer as module
 
     calls = {"n": 0}
     real = module._encode
@@ -210,7 +210,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
 
 def test_no_disk_space(tmp_path, monkeypatch):
     src, _ = narrow_source(tmp_path)
-    from comfyui_zimage_gguf.ops import writer as module
+    from comfyui_zimage_gguf.ops.gguf_file import writer as module
 
     monkeypatch.setattr(module.shutil, "disk_usage", lambda path: type("U", (), {"free": 1000})())
     with pytest.raises(ConvertError, match=r"not enough disk space for z.gguf: it needs 0\.\d\d GB, 0\.00 GB free"):

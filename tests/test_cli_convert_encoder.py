@@ -19,8 +19,8 @@ from comfyui_zimage_gguf.cli.convert import convert
 from comfyui_zimage_gguf.cli.main import main
 from comfyui_zimage_gguf.model_families.text_encoders import detect_text_encoder, encoder_config, hf_names
 from comfyui_zimage_gguf.ops import dequantize
-from comfyui_zimage_gguf.ops.quant_rules import plan_types
-from comfyui_zimage_gguf.ops.reader import load_gguf
+from comfyui_zimage_gguf.ops.ggml.quant_rules import plan_types
+from comfyui_zimage_gguf.ops.gguf_file.reader import load_gguf
 
 SHAPE = dict(n_layers=3, hidden=256, heads=4, kv_heads=2, head_dim=64, ffn=512, vocab=1000)
 

@@ -14,8 +14,8 @@ from helpers import zimage_factory as factory
 from comfyui_zimage_gguf.cli.convert import ConvertError, convert
 from comfyui_zimage_gguf.cli.main import main
 from comfyui_zimage_gguf.ops import quantize
-from comfyui_zimage_gguf.ops.quant_rules import plan_types
-from comfyui_zimage_gguf.ops.reader import load_gguf
+from comfyui_zimage_gguf.ops.ggml.quant_rules import plan_types
+from comfyui_zimage_gguf.ops.gguf_file.reader import load_gguf
 
 NARROW = dict(width=256, caption_width=256)
 FP8_MAX = 448.0
@@ -211,7 +211,7 @@ def test_folder_without_safetensors_is_refused(tmp_path, capsys):
 
 def test_safetensors_are_read_without_a_memory_map(tmp_path, monkeypatch):
     # a map's pages count in RSS: converting a 12 GB file through one reads like a 12 GB process
-    from comfyui_zimage_gguf.ops import writer as module
+    from comfyui_zimage_gguf.ops.gguf_file import writer as module
 
     src = tmp_path / "z.safetensors"
     safetensors.torch.save_file({n: v.to(torch.bfloat16) for n, v in comfy_values().items()}, str(src))

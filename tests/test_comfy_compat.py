@@ -1,4 +1,4 @@
-"""The load-time guards against ComfyUI internals that moved (ops/comfy_compat.py), on fake ComfyUIs.
+"""The load-time guards against ComfyUI internals that moved (ops/comfy_edge/comfy_compat.py), on fake ComfyUIs.
 
 The fakes (helpers/fake_comfy_internals.py) are shaped like the newest ComfyUI sources, with one
 thing changed per test: a loader without `disable_dynamic`, DynamicVRAM as the default patcher, a
@@ -14,8 +14,8 @@ import pytest
 from helpers.fake_comfy_internals import fake_comfyui
 
 from comfyui_zimage_gguf.nodes import comfy_version, loaders
-from comfyui_zimage_gguf.ops import comfy_compat, comfy_ops
-from comfyui_zimage_gguf.ops.comfy_compat import ComfyUIIncompatibleError
+from comfyui_zimage_gguf.ops.comfy_edge import comfy_compat, comfy_ops
+from comfyui_zimage_gguf.ops.comfy_edge.comfy_compat import ComfyUIIncompatibleError
 
 
 @pytest.fixture

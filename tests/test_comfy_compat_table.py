@@ -11,7 +11,7 @@ HTTP) is scanned, comments and docstrings left out, for:
   `queue.get_history`, and names read with getattr/hasattr on them).
 Every name found must appear in backticks in the table's section, so a new use of an internal
 fails here until its row says where it is in ComfyUI 0.18.1 and in the newest sources. Every row
-of ops/comfy_compat.py's INTERNALS must be there too.
+of ops/comfy_edge/comfy_compat.py's INTERNALS must be there too.
 """
 import ast
 import io
@@ -19,7 +19,7 @@ import re
 import tokenize
 from pathlib import Path
 
-from comfyui_zimage_gguf.ops.comfy_compat import INTERNALS
+from comfyui_zimage_gguf.ops.comfy_edge.comfy_compat import INTERNALS
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Compatibility with ComfyUI versions"

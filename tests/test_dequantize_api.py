@@ -8,8 +8,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, quants
 
 from comfyui_zimage_gguf.errors import UnsupportedQuantTypeError, ZImageGGUFError
 from comfyui_zimage_gguf.ops import QUANT_TYPES, dequantize
-from comfyui_zimage_gguf.ops.kernels import blocks as kernel_blocks
-from comfyui_zimage_gguf.ops.kernels import fp4_ternary, kquants, legacy
+from comfyui_zimage_gguf.ops.ggml.kernels import blocks as kernel_blocks
+from comfyui_zimage_gguf.ops.ggml.kernels import fp4_ternary, kquants, legacy
 
 NON_IQUANT_TYPES = [*legacy.TYPES, *kquants.TYPES, *fp4_ternary.TYPES]
 

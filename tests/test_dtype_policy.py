@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from comfyui_zimage_gguf.ops.dtype_policy import DeviceCaps, choose_dtypes, device_caps
+from comfyui_zimage_gguf.ops.runtime.dtype_policy import DeviceCaps, choose_dtypes, device_caps
 
 MPS_OLD = DeviceCaps("mps", bf16=False)
 MPS_NEW = DeviceCaps("mps", bf16=True)

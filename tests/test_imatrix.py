@@ -1,4 +1,4 @@
-"""llama.cpp importance-matrix files (ops.imatrix) and `convert --imatrix`."""
+"""llama.cpp importance-matrix files (ops.gguf_file.imatrix) and `convert --imatrix`."""
 import struct
 
 import numpy as np
@@ -8,10 +8,10 @@ from gguf import GGMLQuantizationType as T, GGUFWriter
 
 from comfyui_zimage_gguf.cli.main import main
 from comfyui_zimage_gguf.cli.convert import convert
-from comfyui_zimage_gguf.ops.imatrix import ImatrixError, load_imatrix
-from comfyui_zimage_gguf.ops.quant_rules import plan_types
-from comfyui_zimage_gguf.ops.quantize import quantize
-from comfyui_zimage_gguf.ops.reader import load_gguf
+from comfyui_zimage_gguf.ops.gguf_file.imatrix import ImatrixError, load_imatrix
+from comfyui_zimage_gguf.ops.ggml.quant_rules import plan_types
+from comfyui_zimage_gguf.ops.ggml.quantize import quantize
+from comfyui_zimage_gguf.ops.gguf_file.reader import load_gguf
 from test_cli_convert import narrow_source, run_failing
 
 

@@ -9,7 +9,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from comfyui_zimage_gguf.ops import QUANT_TYPES
-from comfyui_zimage_gguf.ops.kernels.traffic import Traffic, kernel_traffic
+from comfyui_zimage_gguf.ops.ggml.kernels.traffic import Traffic, kernel_traffic
 
 WEIGHT_ELEMENTS = 3840 * 10240
 QUANTIZED = [t for t in QUANT_TYPES if t not in (T.F32, T.F16, T.BF16)]

@@ -12,8 +12,8 @@ from gguf import GGML_QUANT_SIZES
 from helpers.kernel_checks import assert_identical, check_all_dtypes, reference, run_kernel
 
 from comfyui_zimage_gguf.ops import QUANT_TYPES
-from comfyui_zimage_gguf.ops.kernels import MODULES
-from comfyui_zimage_gguf.ops.kernels.blocks import ChunkFormat
+from comfyui_zimage_gguf.ops.ggml.kernels import MODULES
+from comfyui_zimage_gguf.ops.ggml.kernels.blocks import ChunkFormat
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ALL_TYPES = list(QUANT_TYPES)

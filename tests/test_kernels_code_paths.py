@@ -11,8 +11,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from helpers.kernel_checks import reference, run_kernel
 
 from comfyui_zimage_gguf.ops import QUANT_TYPES
-from comfyui_zimage_gguf.ops.kernels import blocks as kernel_blocks
-from comfyui_zimage_gguf.ops.kernels import iquants
+from comfyui_zimage_gguf.ops.ggml.kernels import blocks as kernel_blocks
+from comfyui_zimage_gguf.ops.ggml.kernels import iquants
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 QUANTIZED = [t for t in QUANT_TYPES if t not in (T.F32, T.F16, T.BF16)]

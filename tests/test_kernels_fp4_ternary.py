@@ -11,7 +11,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, quants
 from helpers import kernel_checks
 from helpers.kernel_checks import assert_identical, reference
 
-from comfyui_zimage_gguf.ops.kernels import fp4_ternary, legacy
+from comfyui_zimage_gguf.ops.ggml.kernels import fp4_ternary, legacy
 from comfyui_zimage_gguf.ops import QUANT_TYPES
 
 KERNELS = {t: QUANT_TYPES[t].kernel for t in fp4_ternary.TYPES}

@@ -12,7 +12,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 from gguf import quants as gguf_quants
 
 from comfyui_zimage_gguf.ops import QUANT_TYPES, dequantize
-from comfyui_zimage_gguf.ops.kernels import iquants
+from comfyui_zimage_gguf.ops.ggml.kernels import iquants
 
 from helpers.kernel_checks import run_kernel
 

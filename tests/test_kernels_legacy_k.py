@@ -13,7 +13,7 @@ from helpers import kernel_checks
 from helpers.kernel_checks import assert_identical, reference
 
 from comfyui_zimage_gguf.ops import QUANT_TYPES
-from comfyui_zimage_gguf.ops.kernels import kquants, legacy
+from comfyui_zimage_gguf.ops.ggml.kernels import kquants, legacy
 
 FAMILY = [*legacy.TYPES, *kquants.TYPES]
 KERNELS = {t: QUANT_TYPES[t].kernel for t in FAMILY}

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType as T, quants
 
-from comfyui_zimage_gguf.ops.layers import LayerOptions, make_layer_namespace
-from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
+from comfyui_zimage_gguf.ops.runtime.layers import LayerOptions, make_layer_namespace
+from comfyui_zimage_gguf.ops.runtime.tensor import QuantizedTensor
 
 
 def quantized(shape, ggml_type=T.Q8_0, seed=0, scale=0.1):

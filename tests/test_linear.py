@@ -1,13 +1,13 @@
-"""ops/linear.py: the CPU Linear that dequantizes and multiplies a slab of rows at a time."""
+"""ops/runtime/linear.py: the CPU Linear that dequantizes and multiplies a slab of rows at a time."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType as T, quants
 
-from comfyui_zimage_gguf.ops import linear
-from comfyui_zimage_gguf.ops.layers import LayerOptions, make_layer_namespace
-from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
+from comfyui_zimage_gguf.ops.runtime import linear
+from comfyui_zimage_gguf.ops.runtime.layers import LayerOptions, make_layer_namespace
+from comfyui_zimage_gguf.ops.runtime.tensor import QuantizedTensor
 
 
 def quantized(rows, cols, ggml_type, seed=0):
@@ -57,7 +57,7 @@ def test_linear_layer_uses_slabs_and_keeps_its_weight_quantized(monkeypatch, gra
     monkeypatch.setattr(linear, "SLAB_ELEMENTS", 64 * 16)
     calls = []
     real = linear.quantized_linear
-    monkeypatch.setattr("comfyui_zimage_gguf.ops.layers.quantized_linear",
+    monkeypatch.setattr("comfyui_zimage_gguf.ops.runtime.layers.quantized_linear",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     ops = make_layer_namespace(options=LayerOptions())
     with grad_mode():
@@ -72,7 +72,7 @@ def test_linear_layer_uses_slabs_and_keeps_its_weight_quantized(monkeypatch, gra
 
 
 def test_patched_weight_takes_the_whole_weight_path(monkeypatch):
-    monkeypatch.setattr("comfyui_zimage_gguf.ops.layers.quantized_linear",
+    monkeypatch.setattr("comfyui_zimage_gguf.ops.runtime.layers.quantized_linear",
                         lambda *a, **k: pytest.fail("a patched weight must be dequantized whole"))
     ops = make_layer_namespace(options=LayerOptions())
     layer = ops.Linear(64, 45, bias=False)

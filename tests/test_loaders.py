@@ -12,7 +12,7 @@ from comfyui_zimage_gguf import errors
 from comfyui_zimage_gguf.errors import IncompatibleModelError, ModelDetectionError, ZImageGGUFError
 from comfyui_zimage_gguf.nodes import loaders
 from comfyui_zimage_gguf.model_families.text_encoders import detect_text_encoder
-from comfyui_zimage_gguf.ops.reader import load_gguf
+from comfyui_zimage_gguf.ops.gguf_file.reader import load_gguf
 
 SMALL_ENCODER = dict(arch="qwen3", n_layers=1, hidden=64, heads=4, kv_heads=2, head_dim=16, ffn=128, vocab=300)
 

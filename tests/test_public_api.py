@@ -5,8 +5,8 @@ from gguf import GGMLQuantizationType as T, GGUFWriter, quants
 
 import comfyui_zimage_gguf
 from comfyui_zimage_gguf.ops import dequantize
-from comfyui_zimage_gguf.ops.state_dict import quantized_state_dict
-from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
+from comfyui_zimage_gguf.ops.runtime.state_dict import quantized_state_dict
+from comfyui_zimage_gguf.ops.runtime.tensor import QuantizedTensor
 
 
 def test_load_gguf_gives_metadata_and_quantized_tensors(tmp_path):

@@ -1,4 +1,4 @@
-"""Per-tensor type rules (ops.quant_rules) on a full-width Z-Image and a Qwen3-4B-shaped encoder.
+"""Per-tensor type rules (ops.ggml.quant_rules) on a full-width Z-Image and a Qwen3-4B-shaped encoder.
 
 The expected types are the rows of docs/CONVERTING.md's tables, written out per tensor kind.
 """
@@ -9,7 +9,7 @@ from gguf import GGMLQuantizationType as T
 
 from helpers import factories, zimage_factory
 
-from comfyui_zimage_gguf.ops.quant_rules import MIXES, ggml_dims, plan_types, use_more_bits
+from comfyui_zimage_gguf.ops.ggml.quant_rules import MIXES, ggml_dims, plan_types, use_more_bits
 
 ZIMAGE = {s.name: (s.shape, torch.bfloat16) for s in zimage_factory.zimage_tensor_specs(n_layers=30)}
 QWEN3_LAYERS = 36

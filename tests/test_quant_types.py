@@ -1,11 +1,11 @@
-"""The one size formula of the quant-type table (ops.quant_types.tensor_bytes) against gguf-py's."""
+"""The one size formula of the quant-type table (ops.ggml.quant_types.tensor_bytes) against gguf-py's."""
 import math
 
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import quant_shape_to_byte_shape
 
-from comfyui_zimage_gguf.ops.quant_types import QUANT_TYPES, rows_are_whole_blocks, tensor_bytes
+from comfyui_zimage_gguf.ops.ggml.quant_types import QUANT_TYPES, rows_are_whole_blocks, tensor_bytes
 
 
 @pytest.mark.parametrize("ggml_type", list(GGML_QUANT_SIZES), ids=lambda t: t.name)

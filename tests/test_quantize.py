@@ -11,8 +11,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, quants
 
 from comfyui_zimage_gguf.errors import UnsupportedQuantTypeError, ZImageGGUFError
 from comfyui_zimage_gguf.ops import QUANT_TYPES, dequantize
-from comfyui_zimage_gguf.ops.quantize import quantize as quantize_tensor
-from comfyui_zimage_gguf.ops.quantizers.common import correctly_rounded_sqrt, scalar_over
+from comfyui_zimage_gguf.ops.ggml.quantize import quantize as quantize_tensor
+from comfyui_zimage_gguf.ops.ggml.quantizers.common import correctly_rounded_sqrt, scalar_over
 
 LEGACY = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
 SEARCHED = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]

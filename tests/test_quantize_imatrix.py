@@ -11,7 +11,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from comfyui_zimage_gguf.errors import UnsupportedQuantTypeError, ZImageGGUFError
 from comfyui_zimage_gguf.ops import dequantize
-from comfyui_zimage_gguf.ops.quantize import imatrix_types, quantize
+from comfyui_zimage_gguf.ops.ggml.quantize import imatrix_types, quantize
 
 REFERENCE = Path(__file__).parent / "fixtures" / "quantize" / "reference.npz"
 DATASETS = ["normal", "real_like"]

@@ -7,7 +7,7 @@ import torch
 from gguf import GGMLQuantizationType as T, quants
 
 from comfyui_zimage_gguf.errors import ZImageGGUFError
-from comfyui_zimage_gguf.ops.tensor import FALLBACKS, FallbackDequantization, QuantizedTensor
+from comfyui_zimage_gguf.ops.runtime.tensor import FALLBACKS, FallbackDequantization, QuantizedTensor
 
 # ComfyUI runs every node under inference mode, where a tensor subclass sees other aten ops
 # (`aten.to.dtype_layout` instead of `_to_copy`); everything that moves data runs under all three.

@@ -18,7 +18,7 @@ from gguf import GGUFValueType as V
 
 from comfyui_zimage_gguf import load_gguf
 from comfyui_zimage_gguf.errors import GGUFFormatError
-from comfyui_zimage_gguf.ops.reader import LAZY_ARRAY_MIN_LENGTH, MAX_ARRAY_NESTING
+from comfyui_zimage_gguf.ops.gguf_file.reader import LAZY_ARRAY_MIN_LENGTH, MAX_ARRAY_NESTING
 
 RNG = np.random.default_rng(1234)
 LONG_STRINGS = [f"tok_{i}_{'ĠÄ€中'[i % 4]}" for i in range(LAZY_ARRAY_MIN_LENGTH + 44)]

@@ -1,9 +1,9 @@
-"""ops/rows.py: the one row-view rule and the one embedding-row lookup, for both tensor kinds."""
+"""ops/ggml/rows.py: the one row-view rule and the one embedding-row lookup, for both tensor kinds."""
 import torch
 from gguf import GGMLQuantizationType as T
 
 from comfyui_zimage_gguf.ops import dequantize, quantize
-from comfyui_zimage_gguf.ops.rows import embedding_rows, row_view_shape
+from comfyui_zimage_gguf.ops.ggml.rows import embedding_rows, row_view_shape
 
 
 def test_views_that_keep_whole_rows_and_those_that_do_not():

@@ -11,8 +11,8 @@ from helpers import zimage_factory as factory
 from comfyui_zimage_gguf import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from comfyui_zimage_gguf.nodes.save_gguf import SaveGGUFError, merged_tensors, output_path, save_model_gguf
 from comfyui_zimage_gguf.ops import dequantize, quantize
-from comfyui_zimage_gguf.ops.reader import load_gguf
-from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
+from comfyui_zimage_gguf.ops.gguf_file.reader import load_gguf
+from comfyui_zimage_gguf.ops.runtime.tensor import QuantizedTensor
 
 NARROW = dict(width=256, caption_width=256)
 

@@ -1,5 +1,5 @@
-"""ops/state_dict.py: the one way a state dict is built from an opened GGUF file (the loader nodes
-and `ops.state_dict.quantized_state_dict` both go through it)."""
+"""ops/runtime/state_dict.py: the one way a state dict is built from an opened GGUF file (the loader nodes
+and `ops.runtime.state_dict.quantized_state_dict` both go through it)."""
 from __future__ import annotations
 
 import gguf
@@ -10,8 +10,8 @@ from gguf import GGMLQuantizationType as T, quants
 
 from comfyui_zimage_gguf import load_gguf
 from comfyui_zimage_gguf.errors import ModelDetectionError
-from comfyui_zimage_gguf.ops.state_dict import SMALL_TENSOR_ELEMENTS, build_state_dict, quantized_state_dict
-from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
+from comfyui_zimage_gguf.ops.runtime.state_dict import SMALL_TENSOR_ELEMENTS, build_state_dict, quantized_state_dict
+from comfyui_zimage_gguf.ops.runtime.tensor import QuantizedTensor
 
 # name -> (shape, type); "big" is just large enough to stay quantized, the others are small.
 TENSORS = {

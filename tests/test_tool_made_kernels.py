@@ -25,10 +25,10 @@ from comfyui_zimage_gguf import load_gguf
 from comfyui_zimage_gguf.errors import GGUFFormatError
 from comfyui_zimage_gguf.model_families.diffusion import (
     detect_diffusion_model, expected_shape_fixes, normalize_diffusion_keys)
-from comfyui_zimage_gguf.ops.state_dict import SMALL_TENSOR_ELEMENTS, build_state_dict
+from comfyui_zimage_gguf.ops.runtime.state_dict import SMALL_TENSOR_ELEMENTS, build_state_dict
 from comfyui_zimage_gguf.model_families.text_encoders import detect_text_encoder, encoder_config, hf_names
 from comfyui_zimage_gguf.ops import QUANT_TYPES, dequantize
-from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
+from comfyui_zimage_gguf.ops.runtime.tensor import QuantizedTensor
 
 
 import tool_files  # noqa: E402  (tests/integration is on pytest's pythonpath)

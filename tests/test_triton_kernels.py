@@ -1,4 +1,4 @@
-"""The Triton kernels (ops/triton_kernels) run in Triton's interpreter on CPU tensors and equal the
+"""The Triton kernels (ops/ggml/triton_kernels) run in Triton's interpreter on CPU tensors and equal the
 torch kernels bit for bit, in float16, bfloat16 and float32, for every registered type; and the
 backend switch of ops.dequantize. The compiler's side (PTX, bytes per program) is
 tests/test_triton_compile_check.py; a real GPU run is `bench --gpu-check` (not run here).
@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from comfyui_zimage_gguf.errors import ZImageGGUFError
-from comfyui_zimage_gguf.ops import QUANT_TYPES, dequant, dequantize, triton_kernels
+from comfyui_zimage_gguf.ops import QUANT_TYPES, dequantize
+from comfyui_zimage_gguf.ops.ggml import dequant, triton_kernels
 
 from helpers.triton_interpreter import interpreted_registry
 

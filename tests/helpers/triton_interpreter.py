@@ -10,7 +10,7 @@ import contextlib
 import os
 import sys
 
-from comfyui_zimage_gguf.ops import triton_kernels
+from comfyui_zimage_gguf.ops.ggml import triton_kernels
 
 
 @contextlib.contextmanager

@@ -31,8 +31,8 @@ def status_kib(field: str) -> int:
 def main(kind: str, path: str) -> dict:
     comfy = comfy_inprocess.import_comfy()
     from comfyui_zimage_gguf.nodes import loaders
-    from comfyui_zimage_gguf.ops.comfy_layout import gguf_type, is_gguf_tensor
-    from comfyui_zimage_gguf.ops.tensor import FALLBACKS
+    from comfyui_zimage_gguf.ops.comfy_edge.comfy_layout import gguf_type, is_gguf_tensor
+    from comfyui_zimage_gguf.ops.runtime.tensor import FALLBACKS
 
     result = {"kind": kind, "file": path, "file_bytes": Path(path).stat().st_size}
     if kind == "encoder":

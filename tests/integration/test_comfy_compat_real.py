@@ -1,4 +1,4 @@
-"""The load-time guards (ops/comfy_compat.py) on the real ComfyUI 0.18.1, with its internals reshaped
+"""The load-time guards (ops/comfy_edge/comfy_compat.py) on the real ComfyUI 0.18.1, with its internals reshaped
 the way newer sources could have them: each must give a working load or the pack's one-line error.
 
 In this process, on the CPU: a full-width one-layer Z-Image Q8_0 GGUF is loaded through the loader
@@ -15,11 +15,11 @@ import inspect
 import pytest
 import torch
 
-from comfyui_zimage_gguf.ops import comfy_compat
-from comfyui_zimage_gguf.ops.comfy_compat import ComfyUIIncompatibleError
-from comfyui_zimage_gguf.ops.comfy_layout import is_gguf_tensor
-from comfyui_zimage_gguf.ops.comfy_ops import FORCE_PACK_LAYERS_ENV
-from comfyui_zimage_gguf.ops.tensor import QuantizedTensor as PackQuantizedTensor
+from comfyui_zimage_gguf.ops.comfy_edge import comfy_compat
+from comfyui_zimage_gguf.ops.comfy_edge.comfy_compat import ComfyUIIncompatibleError
+from comfyui_zimage_gguf.ops.comfy_edge.comfy_layout import is_gguf_tensor
+from comfyui_zimage_gguf.ops.comfy_edge.comfy_ops import FORCE_PACK_LAYERS_ENV
+from comfyui_zimage_gguf.ops.runtime.tensor import QuantizedTensor as PackQuantizedTensor
 
 import comfy_inprocess as inprocess  # noqa: E402  (tests/integration is on pytest's pythonpath)
 pytestmark = pytest.mark.skipif(not inprocess.COMFYUI_PATH, reason=inprocess.SKIP_REASON)

@@ -1,4 +1,4 @@
-"""ops/comfy_layout.py inside a real ComfyUI (in this process, on the CPU): GGUF weights as
+"""ops/comfy_edge/comfy_layout.py inside a real ComfyUI (in this process, on the CPU): GGUF weights as
 ComfyUI's own QuantizedTensors keep every guarantee of the pack's tensor.
 
 Run: COMFYUI_PATH=/tmp/ComfyUI /tmp/comfy-venv/bin/python -m pytest tests/integration/test_comfy_layout.py
@@ -13,8 +13,8 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 from comfyui_zimage_gguf.ops import dequantize, quantize
-from comfyui_zimage_gguf.ops.quant_types import QUANT_TYPES
-from comfyui_zimage_gguf.ops.tensor import FALLBACKS, FallbackDequantization, QuantizedTensor
+from comfyui_zimage_gguf.ops.ggml.quant_types import QUANT_TYPES
+from comfyui_zimage_gguf.ops.runtime.tensor import FALLBACKS, FallbackDequantization, QuantizedTensor
 
 
 import comfy_inprocess as inprocess  # noqa: E402  (tests/integration is on pytest's pythonpath)
@@ -29,7 +29,7 @@ def comfy():
     import comfy.ops  # noqa: F401  (the layers under test)
     import comfy.quant_ops
 
-    from comfyui_zimage_gguf.ops import comfy_layout
+    from comfyui_zimage_gguf.ops.comfy_edge import comfy_layout
 
     assert comfy_layout.available()
     comfy_layout.register()
@@ -45,7 +45,7 @@ def _pack_tensor(ggml_type, shape, dtype=torch.float32, seed=0):
 
 
 def _comfy_tensor(ggml_type=Q.Q8_0, shape=(64, 256), dtype=torch.float32, seed=0):
-    from comfyui_zimage_gguf.ops.comfy_layout import to_comfy_tensor
+    from comfyui_zimage_gguf.ops.comfy_edge.comfy_layout import to_comfy_tensor
 
     pack = _pack_tensor(ggml_type, shape, dtype, seed)
     return pack, to_comfy_tensor(pack)
@@ -119,7 +119,7 @@ def test_comfy_memory_accounting_sees_the_quantized_size(comfy):
 
 @pytest.mark.parametrize("mode", GRAD_MODES)
 def test_comfy_layers_compute_with_gguf_weights_through_their_own_cast_path(comfy, mode):
-    from comfyui_zimage_gguf.ops.comfy_ops import make_layout_ops
+    from comfyui_zimage_gguf.ops.comfy_edge.comfy_ops import make_layout_ops
 
     ops = make_layout_ops()
     with GRAD_MODES[mode]():
@@ -135,8 +135,8 @@ def test_comfy_layers_compute_with_gguf_weights_through_their_own_cast_path(comf
 
 
 def test_embedding_looks_up_rows_without_dequantizing_the_table(comfy, monkeypatch):
-    from comfyui_zimage_gguf.ops import rows as row_lookup
-    from comfyui_zimage_gguf.ops.comfy_ops import make_layout_ops
+    from comfyui_zimage_gguf.ops.ggml import rows as row_lookup
+    from comfyui_zimage_gguf.ops.comfy_edge.comfy_ops import make_layout_ops
 
     embedding = make_layout_ops().Embedding(1000, 512)
     with torch.inference_mode():
@@ -144,7 +144,7 @@ def test_embedding_looks_up_rows_without_dequantizing_the_table(comfy, monkeypat
         embedding.load_state_dict({"weight": table})
     ids = torch.tensor([[3, 999, 0, 3]])
     elements = []
-    real = row_lookup.dequantize  # ops/rows.py: the one embedding-row lookup of both tensor kinds
+    real = row_lookup.dequantize  # ops/ggml/rows.py: the one embedding-row lookup of both tensor kinds
     monkeypatch.setattr(row_lookup, "dequantize", lambda data, *a, **k: elements.append(a[1]) or real(data, *a, **k))
     for out_dtype in (None, torch.float32, torch.float16):
         rows = embedding(ids, out_dtype=out_dtype)
@@ -191,7 +191,7 @@ def test_from_float_into_a_type_without_quantizer_names_what_can_be_written(comf
 
 
 def test_state_dict_conversion_is_zero_copy_and_keeps_float_tensors(comfy):
-    from comfyui_zimage_gguf.ops.comfy_layout import to_comfy_state_dict
+    from comfyui_zimage_gguf.ops.comfy_edge.comfy_layout import to_comfy_state_dict
 
     pack = _pack_tensor(Q.Q5_K, (32, 256))
     pad = torch.randn(1, 3840)
@@ -204,13 +204,13 @@ def test_cpu_linear_forward_takes_the_slab_product_and_equals_the_pack_layers(co
     """ComfyUI's cast path over the layout gives what the pack's own layers give, on a Z-Image FFN
     weight (10240 x 3840, Q8_0), through the CPU slab product (no whole float weight). Speed is the
     end-to-end benchmark's business (tests/integration/bench_e2e.py), not a timed test's."""
-    from comfyui_zimage_gguf.ops import linear
-    from comfyui_zimage_gguf.ops.comfy_layout import to_comfy_tensor
-    from comfyui_zimage_gguf.ops.comfy_ops import make_comfy_ops, make_layout_ops
+    from comfyui_zimage_gguf.ops.runtime import linear
+    from comfyui_zimage_gguf.ops.comfy_edge.comfy_layout import to_comfy_tensor
+    from comfyui_zimage_gguf.ops.comfy_edge.comfy_ops import make_comfy_ops, make_layout_ops
 
     calls = []
     real = linear.quantized_linear
-    monkeypatch.setattr("comfyui_zimage_gguf.ops.ggml_layouts.quantized_linear",
+    monkeypatch.setattr("comfyui_zimage_gguf.ops.comfy_edge.ggml_layouts.quantized_linear",
                         lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
     x = torch.randn(16, 3840)
     with torch.inference_mode():  # as ComfyUI runs its nodes: the state dict is made in there too
@@ -235,7 +235,7 @@ def test_dynamic_vram_lora_stays_per_call_for_types_without_a_quantizer(comfy, m
     import comfy.model_patcher
     from comfy.weight_adapter.lora import LoRAAdapter
 
-    from comfyui_zimage_gguf.ops.comfy_ops import as_gguf_patcher, gguf_dynamic_patcher_class, make_layout_ops
+    from comfyui_zimage_gguf.ops.comfy_edge.comfy_ops import as_gguf_patcher, gguf_dynamic_patcher_class, make_layout_ops
 
     ops = make_layout_ops()
     model = torch.nn.Module()

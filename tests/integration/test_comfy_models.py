@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType as Q, GGUFReader, quants
 
 from comfyui_zimage_gguf.errors import IncompatibleModelError
-from comfyui_zimage_gguf.ops.state_dict import SMALL_TENSOR_ELEMENTS
-from comfyui_zimage_gguf.ops.comfy_layout import gguf_type, is_gguf_tensor
-from comfyui_zimage_gguf.ops.comfy_ops import FORCE_PACK_LAYERS_ENV
-from comfyui_zimage_gguf.ops.tensor import QuantizedTensor as PackQuantizedTensor
+from comfyui_zimage_gguf.ops.runtime.state_dict import SMALL_TENSOR_ELEMENTS
+from comfyui_zimage_gguf.ops.comfy_edge.comfy_layout import gguf_type, is_gguf_tensor
+from comfyui_zimage_gguf.ops.comfy_edge.comfy_ops import FORCE_PACK_LAYERS_ENV
+from comfyui_zimage_gguf.ops.runtime.tensor import QuantizedTensor as PackQuantizedTensor
 
 
 import comfy_inprocess as inprocess  # noqa: E402  (tests/integration is on pytest's pythonpath)
@@ -145,7 +145,7 @@ def session(request, tmp_path_factory):
     except inprocess.ComfyUnavailable as error:
         pytest.skip(str(error))
     from comfyui_zimage_gguf.nodes import loaders
-    from comfyui_zimage_gguf.ops import comfy_layout
+    from comfyui_zimage_gguf.ops.comfy_edge import comfy_layout
 
     if request.param == "layout" and not comfy_layout.available():
         pytest.skip("this ComfyUI has no comfy-kitchen quantized tensors: only the pack's layers can load")

@@ -24,8 +24,8 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 from comfyui_zimage_gguf.cli.convert import convert
-from comfyui_zimage_gguf.ops.comfy_layout import gguf_type
-from comfyui_zimage_gguf.ops.reader import load_gguf
+from comfyui_zimage_gguf.ops.comfy_edge.comfy_layout import gguf_type
+from comfyui_zimage_gguf.ops.gguf_file.reader import load_gguf
 
 
 import comfy_inprocess as inprocess  # noqa: E402  (tests/integration is on pytest's pythonpath)

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType as Q
 
 from comfyui_zimage_gguf import load_gguf
-from comfyui_zimage_gguf.ops.state_dict import SMALL_TENSOR_ELEMENTS
-from comfyui_zimage_gguf.ops.comfy_layout import gguf_type
+from comfyui_zimage_gguf.ops.runtime.state_dict import SMALL_TENSOR_ELEMENTS
+from comfyui_zimage_gguf.ops.comfy_edge.comfy_layout import gguf_type
 
 
 import comfy_inprocess as inprocess  # noqa: E402  (tests/integration is on pytest's pythonpath)

@@ -12,10 +12,11 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
-from comfyui_zimage_gguf.ops import dequantize, triton_kernels
-from comfyui_zimage_gguf.ops.dequant import BACKEND_ENV
-from comfyui_zimage_gguf.ops.quant_types import QUANT_TYPES
-from comfyui_zimage_gguf.ops.tensor import QuantizedTensor
+from comfyui_zimage_gguf.ops import dequantize
+from comfyui_zimage_gguf.ops.ggml import triton_kernels
+from comfyui_zimage_gguf.ops.ggml.dequant import BACKEND_ENV
+from comfyui_zimage_gguf.ops.ggml.quant_types import QUANT_TYPES
+from comfyui_zimage_gguf.ops.runtime.tensor import QuantizedTensor
 
 import comfy_inprocess as inprocess  # noqa: E402  (tests/integration is on pytest's pythonpath)
 from helpers.triton_interpreter import interpreted_registry
@@ -30,7 +31,7 @@ def comfy():
     import comfy.ops  # noqa: F401
     import comfy.quant_ops  # noqa: F401
 
-    from comfyui_zimage_gguf.ops import comfy_layout
+    from comfyui_zimage_gguf.ops.comfy_edge import comfy_layout
 
     assert comfy_layout.available()
     comfy_layout.register()
@@ -55,7 +56,7 @@ def launches(interpreted, monkeypatch):
 
 
 def _comfy_weight(ggml_type, shape, dtype, seed=0):
-    from comfyui_zimage_gguf.ops.comfy_layout import to_comfy_tensor
+    from comfyui_zimage_gguf.ops.comfy_edge.comfy_layout import to_comfy_tensor
 
     qt = QUANT_TYPES[ggml_type]
     raw = qt.random_blocks(int(np.prod(shape)) // qt.block_size, np.random.default_rng(seed))
@@ -83,7 +84,7 @@ def test_layout_dequantize_runs_the_chosen_backend(comfy, launches, monkeypatch,
 
 
 def test_comfy_linear_and_embedding_dequantize_through_the_backend_switch(comfy, launches, monkeypatch):
-    from comfyui_zimage_gguf.ops.comfy_ops import make_layout_ops
+    from comfyui_zimage_gguf.ops.comfy_edge.comfy_ops import make_layout_ops
 
     ops = make_layout_ops()
     pack, weight = _comfy_weight(Q.Q5_K, (64, 256), torch.float32)
