@@ -7,7 +7,7 @@
    Then its speed: a 3840x10240 weight into a preallocated bfloat16 `out`, torch and Triton
    backends, beside a `copy_` of the same output size; GB/s counts bytes read plus written.
 2. A real ComfyUI on CUDA (`main.py` without `--cpu`), the Z-Image Turbo graph of the end-to-end
-   benchmark (tests/integration/bench_e2e.py: the shallow full-width test models, generated once
+   benchmark (benchmarks/bench_e2e.py: the shallow full-width test models, generated once
    into the test cache) with native bf16 (ComfyUI's loaders, bf16 encoder) and this pack's GGUF
    loaders (the DiT in each `--models` type, the Qwen3-4B encoder in Q8_0 for all), in four
    servers: DynamicVRAM on (ComfyUI's default on NVIDIA) and off (`--disable-dynamic-vram`), each
@@ -26,7 +26,7 @@ nvidia-smi cannot see the server's pid (a container's own pid namespace) the dev
 said while the prompt ran: `dynamic` (prepared for dynamic VRAM loading), `full` (loaded
 completely) or `partial N MB off` (loaded partially, the most offloaded in one load).
 
-The ComfyUI part needs a source checkout of this pack (its tests/integration/ helpers are imported
+The ComfyUI part needs a source checkout of this pack (its benchmarks/ harness is imported
 by path) and COMFYUI_PATH; run it with ComfyUI's Python.
 """
 from __future__ import annotations
@@ -108,7 +108,7 @@ def cuda_refusal() -> str | None:
 
 
 def source_checkout_refusal(repo_root: Path = REPO_ROOT) -> str | None:
-    helpers = repo_root / "tests" / "integration"
+    helpers = repo_root / "benchmarks"
     missing = [name for name in ("comfy_server.py", "bench_e2e.py", "comfy_inprocess.py")
                if not (helpers / name).is_file()]
     if missing:
@@ -305,9 +305,9 @@ class VramSampler:
 # --- ComfyUI on CUDA -------------------------------------------------------------------------
 
 def _integration_modules(repo_root: Path = REPO_ROOT):
-    """tests/integration/bench_e2e.py imported by path (it puts its folder on sys.path and imports
+    """benchmarks/bench_e2e.py imported by path (it puts its folder on sys.path and imports
     comfy_server and comfy_inprocess, which this returns too)."""
-    path = repo_root / "tests" / "integration" / "bench_e2e.py"
+    path = repo_root / "benchmarks" / "bench_e2e.py"
     spec = importlib.util.spec_from_file_location("_zimage_gpu_check_bench_e2e", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

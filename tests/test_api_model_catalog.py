@@ -8,7 +8,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 from safetensors.numpy import save_file
 
-from helpers.factories import write_llama_cpp_encoder_gguf
+from factories import write_llama_cpp_encoder_gguf
 
 from comfyui_zimage_gguf.api.catalog import WorkflowCatalog
 from comfyui_zimage_gguf.api.model_catalog import InstalledModel, classify, pair_installed, quant_label

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 import torch
-from helpers.factories import write_llama_cpp_encoder_gguf
-from helpers.zimage_factory import write_zimage_gguf
+from factories import write_llama_cpp_encoder_gguf
+from zimage_factory import write_zimage_gguf
 
 from comfyui_zimage_gguf.cli.main import main
 
@@ -85,7 +85,7 @@ def test_inspect_says_download_again_only_for_a_damaged_gguf(files, tmp_path, ca
 def test_inspect_names_safetensors_files_for_what_they_hold(tmp_path, capsys):
     from safetensors.torch import save_file
 
-    from helpers import zimage_factory
+    import zimage_factory
 
     vae = tmp_path / "ae.safetensors"
     save_file({"decoder.conv_in.weight": torch.zeros(8, 4, 3, 3, dtype=torch.bfloat16),
@@ -110,7 +110,7 @@ def test_inspect_names_safetensors_files_for_what_they_hold(tmp_path, capsys):
 
 
 def test_inspect_tells_the_packs_own_files(tmp_path, capsys):
-    from helpers import zimage_factory
+    import zimage_factory
 
     from comfyui_zimage_gguf.cli.convert import convert
 

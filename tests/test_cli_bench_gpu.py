@@ -67,8 +67,8 @@ def test_defaults_are_the_documented_ones():
 
 def test_source_checkout_refusal_names_the_missing_helpers(tmp_path):
     assert bench_gpu.source_checkout_refusal(REPO_ROOT) is None
-    (tmp_path / "tests" / "integration").mkdir(parents=True)
-    (tmp_path / "tests" / "integration" / "comfy_server.py").write_text("")
+    (tmp_path / "benchmarks").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "comfy_server.py").write_text("")
     refusal = bench_gpu.source_checkout_refusal(tmp_path)
     assert "needs a source checkout" in refusal
     assert "bench_e2e.py, comfy_inprocess.py" in refusal
@@ -170,7 +170,7 @@ def test_disable_flag_is_comfyuis_own():
 
 
 def test_lora_is_inserted_between_the_loader_and_the_sampler():
-    sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     try:
         import comfy_server
     finally:

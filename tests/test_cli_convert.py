@@ -12,7 +12,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as T, LlamaFileType
 
-from helpers import zimage_factory as factory
+import zimage_factory as factory
 
 from comfyui_zimage_gguf.cli.convert import ConvertError, convert
 from comfyui_zimage_gguf.cli.main import main

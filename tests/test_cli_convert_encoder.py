@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 from gguf import GGMLQuantizationType as T, LlamaFileType
 
-from helpers import factories
+import factories
 
 from comfyui_zimage_gguf.cli.convert import convert
 from comfyui_zimage_gguf.cli.main import main

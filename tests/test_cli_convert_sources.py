@@ -9,7 +9,7 @@ import safetensors.torch
 import torch
 from gguf import GGMLQuantizationType as T
 
-from helpers import zimage_factory as factory
+import zimage_factory as factory
 
 from comfyui_zimage_gguf.cli.convert import ConvertError, convert
 from comfyui_zimage_gguf.cli.main import main

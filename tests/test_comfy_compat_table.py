@@ -1,6 +1,6 @@
 """docs/ARCHITECTURE.md's compatibility table names every ComfyUI internal the pack's code uses.
 
-The pack's code that runs inside ComfyUI (everything but tests/ and cli/, which talk to ComfyUI over
+The pack's code that runs inside ComfyUI (everything but tests/, benchmarks/ and cli/, which talk to ComfyUI over
 HTTP) is scanned, comments and docstrings left out, for:
 - dotted names under ComfyUI's modules (`comfy.sd.load_clip`, `folder_paths.get_folder_paths`,
   `execution.validate_prompt`, `comfy_kitchen...`, `comfy_aimdo...`), including what is imported
@@ -36,7 +36,7 @@ STRING_MODULES = {"server", "execution", "folder_paths", "comfyui_version", "com
 def pack_sources():
     for path in sorted(ROOT.rglob("*.py")):
         relative = path.relative_to(ROOT)
-        if relative.parts[0] in ("tests", "cli", "build", "dist") or relative.parts[0].startswith("."):
+        if relative.parts[0] in ("tests", "benchmarks", "cli", "build", "dist") or relative.parts[0].startswith("."):
             continue
         yield relative, path.read_text(encoding="utf-8")
 

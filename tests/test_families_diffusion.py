@@ -26,7 +26,7 @@ from comfyui_zimage_gguf.model_families.diffusion import (
 from comfyui_zimage_gguf.ops import dequantize
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import zimage_factory as factory  # noqa: E402
+import zimage_factory as factory  # noqa: E402
 
 SDCPP = "model.diffusion_model."
 

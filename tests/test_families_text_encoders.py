@@ -1,5 +1,5 @@
 """llama.cpp text-model GGUFs -> ComfyUI names and config: name maps, config derivation and checks,
-q/k un-permutation for the llama arch, detection messages. Files are written by tests/helpers/factories.py."""
+q/k un-permutation for the llama arch, detection messages. Files are written by benchmarks/factories.py."""
 from __future__ import annotations
 
 import ast
@@ -21,7 +21,7 @@ from comfyui_zimage_gguf.model_families.text_encoders import (
 )
 
 
-from helpers import factories
+import factories
 
 SMALL = dict(n_layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, ffn=128, vocab=1000)
 

@@ -5,8 +5,8 @@ import os
 import time
 
 import pytest
-from helpers.factories import write_llama_cpp_encoder_gguf
-from helpers.zimage_factory import write_zimage_gguf
+from factories import write_llama_cpp_encoder_gguf
+from zimage_factory import write_zimage_gguf
 
 from comfyui_zimage_gguf import errors
 from comfyui_zimage_gguf.errors import IncompatibleModelError, ModelDetectionError, ZImageGGUFError

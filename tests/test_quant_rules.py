@@ -7,7 +7,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as T
 
-from helpers import factories, zimage_factory
+import factories, zimage_factory
 
 from comfyui_zimage_gguf.ops.ggml.quant_rules import MIXES, ggml_dims, plan_types, use_more_bits
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as T
 
-from helpers import zimage_factory as factory
+import zimage_factory as factory
 
 from comfyui_zimage_gguf import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from comfyui_zimage_gguf.nodes.save_gguf import SaveGGUFError, merged_tensors, output_path, save_model_gguf

@@ -157,10 +157,7 @@ def test_the_list_of_functions_to_split_only_shrinks():
     assert LONG_FUNCTIONS_TO_SPLIT - _long_functions() == set(), "split: remove it from LONG_FUNCTIONS_TO_SPLIT"
 
 
-@pytest.mark.parametrize("folder", [
-    pytest.param("cli", marks=pytest.mark.xfail(strict=True, reason="cli/bench_gpu.py still loads "
-                                                  "tests/integration/bench_e2e.py (planned move 7)")),
-    "benchmarks"])
+@pytest.mark.parametrize("folder", ["cli", "benchmarks"])
 def test_benchmarks_and_commands_use_nothing_from_tests(folder):
     wrong = []
     for path in sorted((PACK / folder).rglob("*.py")):

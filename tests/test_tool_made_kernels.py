@@ -183,7 +183,7 @@ def test_sdcpp_converted_zimage_is_detected_and_maps_to_comfy_names_and_shapes(l
     names = normalize_diffusion_keys(shapes)
     fixes = expected_shape_fixes(info.family, {new: shapes[old] for new, old in names.items()})
     state_dict, _ = build_state_dict(gguf_file, torch.float32, names=names, shapes=fixes)
-    factory = tool_files._tests_module("zimage_factory")
+    factory = tool_files._factory_module("zimage_factory")
     declared = {spec.name: spec.shape for spec in factory.zimage_tensor_specs(1)}
     assert {name: tuple(value.shape) for name, value in state_dict.items()} == declared
     stored = {t.name: t for t in GGUFReader(str(path)).tensors}

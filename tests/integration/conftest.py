@@ -60,9 +60,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 @functools.cache
-def load_tests_module(name: str):
-    """Import a helper module from tests/helpers/ by path (ComfyUI's Python has no tests/ on sys.path)."""
-    path = TESTS_DIR / "helpers" / f"{name}.py"
+def load_factory_module(name: str):
+    """Import a model factory from benchmarks/ by path (ComfyUI's Python has no benchmarks/ on sys.path)."""
+    path = REPO_ROOT / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"_zimage_tests_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
@@ -72,8 +72,8 @@ def load_tests_module(name: str):
 
 @pytest.fixture(scope="session")
 def load_tests_helper():
-    """load_tests_module, for test modules (they cannot import this conftest)."""
-    return load_tests_module
+    """load_factory_module, for test modules (they cannot import this conftest)."""
+    return load_factory_module
 
 
 import comfy_server as comfy_server_module  # noqa: E402  (tests/integration is on pytest's pythonpath)
@@ -154,9 +154,9 @@ def _qwen3_encoder(model_cache: Path, release: str, ggml_type: str = "Q8_0") -> 
     The cache key covers the factory's source, so a changed factory regenerates the file."""
     from gguf import GGMLQuantizationType
 
-    factories = load_tests_module("factories")
+    factories = load_factory_module("factories")
     params = dict(arch="qwen3", n_layers=QWEN3_TEST_LAYERS, head_dim=128, vocab=151936, **QWEN3_SHAPES[release])
-    key = json.dumps(params, sort_keys=True) + (TESTS_DIR / "helpers" / "factories.py").read_text()
+    key = json.dumps(params, sort_keys=True) + (REPO_ROOT / "benchmarks" / "factories.py").read_text()
     prefix = f"{release}-test-{QWEN3_TEST_LAYERS}layers-{ggml_type}-"
     name = f"{prefix}{hashlib.sha256(key.encode()).hexdigest()[:10]}.gguf"
     path = model_cache / "text_encoders" / name
@@ -184,7 +184,7 @@ def quantized_model_names(model_cache):
     plus their paths: generated once into the model cache."""
 
     def names(ggml_type: str) -> dict:
-        factory = load_tests_module("zimage_factory")
+        factory = load_factory_module("zimage_factory")
         cached = factory.cached_model("zimage_gguf", n_layers=ZIMAGE_TEST_LAYERS, style="city96",
                                       type_rule={"matrix": ggml_type}, seed=0)
         unet = f"zimage-test-{ZIMAGE_TEST_LAYERS}layer-{ggml_type}-{cached.stem.rsplit('-', 1)[-1]}.gguf"
@@ -210,7 +210,7 @@ def qwen3_narrow_gguf_name(model_cache) -> str:
 
 @pytest.fixture(scope="session")
 def flux_vae_name(model_cache) -> str:
-    factory = load_tests_module("zimage_factory")
+    factory = load_factory_module("zimage_factory")
     cached = factory.cached_model("flux_vae")
     name = f"flux-vae-test-{cached.stem.rsplit('-', 1)[-1]}.safetensors"
     _link(model_cache / "vae" / name, cached, "flux-vae-test-")

@@ -45,7 +45,7 @@ def comfy():
 
 @pytest.fixture(scope="module")
 def model_path(comfy):
-    factory = inprocess.tests_module("zimage_factory")
+    factory = inprocess.factory_module("zimage_factory")
     return str(factory.cached_model("zimage_gguf", n_layers=1, style="city96", type_rule={"matrix": "Q8_0"}, seed=0))
 
 

@@ -203,7 +203,7 @@ def test_state_dict_conversion_is_zero_copy_and_keeps_float_tensors(comfy):
 def test_cpu_linear_forward_takes_the_slab_product_and_equals_the_pack_layers(comfy, monkeypatch):
     """ComfyUI's cast path over the layout gives what the pack's own layers give, on a Z-Image FFN
     weight (10240 x 3840, Q8_0), through the CPU slab product (no whole float weight). Speed is the
-    end-to-end benchmark's business (tests/integration/bench_e2e.py), not a timed test's."""
+    end-to-end benchmark's business (benchmarks/bench_e2e.py), not a timed test's."""
     from comfyui_zimage_gguf.ops.runtime import linear
     from comfyui_zimage_gguf.ops.comfy_edge.comfy_layout import to_comfy_tensor
     from comfyui_zimage_gguf.ops.comfy_edge.comfy_ops import make_comfy_ops, make_layout_ops

@@ -70,7 +70,7 @@ class GGUFCase:
             rule["vector"] = self.vector_type.name
         if self.pad_type:
             rule["pad"] = self.pad_type.name
-        factory = inprocess.tests_module("zimage_factory")
+        factory = inprocess.factory_module("zimage_factory")
         return factory.cached_model("zimage_gguf", n_layers=1, style=self.style, type_rule=rule, seed=0)
 
 
@@ -107,7 +107,7 @@ class Session:
 
     def native(self):
         if "native" not in self.patchers:
-            factory = inprocess.tests_module("zimage_factory")
+            factory = inprocess.factory_module("zimage_factory")
             path = factory.cached_model("zimage_safetensors", n_layers=1, seed=0, dtype=torch.float16)
             self.patchers["native"] = self.comfy.sd.load_diffusion_model(str(path))
         return self.patchers["native"]

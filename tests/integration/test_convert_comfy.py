@@ -72,7 +72,7 @@ def comfy():
 
 @pytest.fixture(scope="module")
 def bf16_source() -> Path:
-    factory = inprocess.tests_module("zimage_factory")
+    factory = inprocess.factory_module("zimage_factory")
     return factory.cached_model("zimage_safetensors", n_layers=1, seed=0, dtype=torch.bfloat16)
 
 

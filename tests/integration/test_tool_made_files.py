@@ -181,7 +181,7 @@ class ZImageRuns:
             from comfyui_zimage_gguf.nodes import loaders
 
             if case == "native":
-                factory = inprocess.tests_module("zimage_factory")
+                factory = inprocess.factory_module("zimage_factory")
                 path = factory.cached_model("zimage_safetensors", n_layers=1, seed=0, dtype=torch.float16)
                 self.patchers[case] = self.comfy.sd.load_diffusion_model(str(path))
             else:

@@ -2,9 +2,9 @@
 
 * llama.cpp's quantizer, through llama-cpp-python (`llama_cpp.llama_model_quantize`, what the
   `llama-quantize` command runs), quantizes llama.cpp-style Qwen3 text encoders written by
-  `tests/helpers/factories.py` in F16;
+  `benchmarks/factories.py` in F16;
 * stable-diffusion.cpp's converter, through stable-diffusion-cpp-python (`convert`, what
-  `sd -M convert` runs), turns Z-Image safetensors written by `tests/helpers/zimage_factory.py` into GGUF;
+  `sd -M convert` runs), turns Z-Image safetensors written by `benchmarks/zimage_factory.py` into GGUF;
 * ggml's own dequantizer (`ggml_get_type_traits(type)->to_float`, from the libggml that
   llama-cpp-python ships) gives reference values for any file.
 
@@ -190,16 +190,16 @@ def run_tool(tool: tuple[str, str], command: str, argument) -> None:
 
 
 @functools.cache
-def _tests_module(name: str):
-    """A helper module from tests/, imported by path the way comfy_inprocess does it."""
+def _factory_module(name: str):
+    """A model factory from benchmarks/, imported by path the way comfy_inprocess does it."""
     import importlib.util
 
-    path = Path(__file__).with_name("comfy_inprocess.py")
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "comfy_inprocess.py"
     spec = importlib.util.spec_from_file_location("_zimage_tool_files_inprocess", path)
     inprocess = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = inprocess
     spec.loader.exec_module(inprocess)
-    return inprocess.tests_module(name)
+    return inprocess.factory_module(name)
 
 
 def _digest(value) -> str:
@@ -207,7 +207,7 @@ def _digest(value) -> str:
 
 
 def _source_digest(module_name: str) -> str:
-    path = Path(__file__).resolve().parents[1] / "helpers" / f"{module_name}.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{module_name}.py"
     return hashlib.sha256(path.read_bytes()).hexdigest()[:DIGEST_CHARS]
 
 
@@ -267,7 +267,7 @@ LLAMA_NEWER_QUANTS = {q.name: q for q in (LlamaQuant("Q1_0", "Q1_0"), LlamaQuant
 
 def llama_encoder_source(params: dict) -> Path:
     """The F16 llama.cpp-style Qwen3 GGUF (with tokenizer metadata) the quantizer starts from."""
-    factories = _tests_module("factories")
+    factories = _factory_module("factories")
 
     def make(partial):
         from gguf import GGMLQuantizationType
@@ -324,7 +324,7 @@ def _zimage_safetensors(width: int, caption_width: int, prefixed: bool, partial_
 
     import torch
 
-    factory = _tests_module("zimage_factory")
+    factory = _factory_module("zimage_factory")
     params = dict(n_layers=1, seed=0, dtype=torch.float16)
     if width != factory.ZIMAGE_WIDTH:
         params.update(width=width, caption_width=caption_width)
@@ -348,7 +348,7 @@ def sdcpp_zimage(sd_type: str, *, width: int = 3840, caption_width: int = 2560, 
     convert's VAE and lands in the same file.
     """
     version = _tool_version_of(SD_CPP)
-    factory = _tests_module("zimage_factory")
+    factory = _factory_module("zimage_factory")
     key = {"type": sd_type, "width": width, "caption_width": caption_width, "prefixed": prefixed, "vae": with_vae,
            "zimage_factory": _source_digest("zimage_factory"), "sd_cpp": version}
     layout = ("prefixed" if prefixed else "bare") + ("-vae" if with_vae else "")

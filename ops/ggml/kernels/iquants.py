@@ -433,7 +433,14 @@ def _decode_into(decode, blocks: torch.Tensor, values: torch.Tensor, spare: torc
     """Dequantize `blocks` into `values`; `spare` (like values) receives extra gathers."""
     gathers, factors = decode(blocks)
     (table_name, index), *more = gathers
-    _gather(_table(table_name, values.device, values.dtype), index, values)
+    if table_name == "iq4" and values.dtype == torch.float32 and _cpu_word_views(values.device):
+        # CPUs: the 64K-row table of four codebook values gathers faster in float16 (8-byte rows,
+        # half the table and the writes; exact there), then one conversion to float32
+        rows = torch.empty(values.shape, dtype=torch.float16, device=values.device)
+        _gather(_table(table_name, values.device, torch.float16), index, rows)
+        values.copy_(rows)
+    else:
+        _gather(_table(table_name, values.device, values.dtype), index, values)
     for table_name, index in more:
         _gather(_table(table_name, values.device, values.dtype), index, spare)
         values.mul_(spare)

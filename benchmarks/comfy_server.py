@@ -358,7 +358,7 @@ def zimage_workflow(loaders: str, unet: str, clip: str, vae: str, size: int = 12
     }
 
 
-SHIPPED_API_WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "z_image_turbo_gguf_api.json"
+SHIPPED_API_WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "api" / "z_image_turbo_gguf_api.json"
 
 
 def node_of_type(workflow: dict, class_type: str) -> dict:

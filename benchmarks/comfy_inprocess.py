@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType as Q, GGUFWriter
 
-TESTS_DIR = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 SKIP_REASON = (
     "COMFYUI_PATH is not set: the in-process integration tests need a ComfyUI checkout "
@@ -40,9 +40,9 @@ QWEN3_VOCAB = 151_936
 
 
 @functools.cache
-def tests_module(name: str):
-    """A helper module from tests/helpers/, imported by path (ComfyUI's Python has no tests/ on sys.path)."""
-    path = TESTS_DIR / "helpers" / f"{name}.py"
+def factory_module(name: str):
+    """A model factory beside this file (zimage_factory, factories), imported by path under a private name."""
+    path = HERE / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"_zimage_inprocess_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
@@ -81,7 +81,7 @@ def import_comfy() -> SimpleNamespace:
 
 
 def _cache_path(kind: str, params: dict, extension: str) -> Path:
-    factory = tests_module("zimage_factory")
+    factory = factory_module("zimage_factory")
     key = json.dumps({"kind": kind, "version": CACHE_VERSION, "params": params}, sort_keys=True)
     return factory.cache_dir() / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.{extension}"
 
@@ -119,7 +119,7 @@ def qwen3_encoder_files(model: str = "qwen3_4b", n_layers: int = 3, ggml_type: s
     # the GGUF is rewritten with its safetensors twin (same seed, same bytes) when the twin is missing
     targets = [gguf_path] + ([st_path] if st_path else [])
     with _written_atomically(*targets) as partials:
-        written = tests_module("factories").write_llama_cpp_encoder_gguf(
+        written = factory_module("factories").write_llama_cpp_encoder_gguf(
             partials[0], arch="qwen3", n_layers=n_layers, vocab=QWEN3_VOCAB, ggml_type=Q[ggml_type], seed=seed,
             keep_state_dict=with_safetensors, **QWEN3_SHAPES[model])
         if st_path:
@@ -137,7 +137,7 @@ def zimage_city96_flat_pads_gguf(matrix_type: str = "Q4_K", pad_type: str = "F32
                                                        n_layers=n_layers), "gguf")
     if path.exists():
         return path
-    factory = tests_module("zimage_factory")
+    factory = factory_module("zimage_factory")
     kinds = {"matrix": Q[matrix_type], "vector": Q.F32, "pad": Q[pad_type]}
     plan = []
     for spec in factory.zimage_tensor_specs(n_layers):

@@ -1,7 +1,7 @@
 """End-to-end benchmark on the path users take: a real ComfyUI server, prompts queued with POST /prompt.
 
 Every variant runs in a fresh `main.py --cpu` server of its own, one after another (never two at
-once), on the same Z-Image Turbo graph (tests/integration/comfy_server.py: `zimage_workflow`):
+once), on the same Z-Image Turbo graph (benchmarks/comfy_server.py: `zimage_workflow`):
 - native bf16: ComfyUI's UNETLoader and CLIPLoader on bf16 safetensors;
 - this pack: its GGUF loaders on Q8_0 and Q4_0 files (the DiT and the Qwen3-4B encoder both);
 - city96's ComfyUI-GGUF (`--city96 CHECKOUT`): its UnetLoaderGGUF on the same DiT files (the encoder
@@ -20,7 +20,7 @@ loads the model, left out), and memory from /proc/<server pid>/status: VmHWM (pe
 of the whole server process) and the peak of RssAnon (anonymous memory) sampled during the runs.
 
 Run (ComfyUI's Python, source checkout; files are generated once into ~/.cache):
-  COMFYUI_PATH=/tmp/ComfyUI /tmp/comfy-venv/bin/python tests/integration/bench_e2e.py [--city96 /path/ComfyUI-GGUF]
+  COMFYUI_PATH=/tmp/ComfyUI /tmp/comfy-venv/bin/python benchmarks/bench_e2e.py [--city96 /path/ComfyUI-GGUF]
       [--before /path/to/an/earlier/export/of/this/pack]
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))
 import comfy_inprocess  # noqa: E402
 import comfy_server  # noqa: E402
 
-REPO_ROOT = HERE.parents[1]
+REPO_ROOT = HERE.parent
 PACK_FOLDER = "comfyui_zimage_gguf"
 TARGETS = {"Q8_0": 1.15, "Q4_0": 1.25}  # s/it vs native bf16
 
@@ -48,7 +48,7 @@ def model_files(types: list[str], encoder_type: str | None = None) -> dict:
     the Q8_0 encoder)."""
     import torch
 
-    factory = comfy_inprocess.tests_module("zimage_factory")
+    factory = comfy_inprocess.factory_module("zimage_factory")
     files = {
         ("unet", "native"): factory.cached_model("zimage_safetensors", n_layers=1, seed=0, dtype=torch.bfloat16),
         ("clip", "native"): comfy_inprocess.qwen3_encoder_files("qwen3_4b", 3, "Q8_0",
