@@ -371,6 +371,44 @@ def _timed_run(comfy_server, server, workflow: dict, timeout_s: float):
     return trace, statistics.median(steps), vram.peak(), load
 
 
+def _server_rows(comfy_server, server, plan, setting: str, names: dict, lora_name: str, args,
+                 deadline: float) -> list[tuple]:
+    """One table row per planned run on one started server: s/it, beside native bf16, VRAM, load."""
+    rows = []
+    native_s, plain_images = {}, {}
+    for label, loaders, variant, lora in plan:
+        if time.monotonic() > deadline:
+            rows.append((f"comfy {label}", setting, "skipped (--time-limit)", "-", "-", "-", "-"))
+            continue
+        print(f"  {label} ...", flush=True)
+        workflow = comfy_server.zimage_workflow(loaders, names[("unet", variant)], names[("clip", variant)],
+                                                names[("vae", "all")], size=args.size, steps=args.steps)
+        if lora:
+            workflow = with_lora(comfy_server, workflow, lora_name)
+        try:
+            trace, s_it, vram, load = _timed_run(comfy_server, server, workflow,
+                                                 timeout_s=max(30.0, deadline - time.monotonic() + 60))
+        except Exception as error:  # noqa: BLE001
+            rows.append((f"comfy {label}", setting, f"FAILED: {error}"[:160], "-", "-", "-", "-"))
+            continue
+        finally:
+            server.free_models()
+            time.sleep(1.5)  # the prompt worker acts on /free between prompts
+        result = "ok"
+        image = _output_image(server, trace)
+        if lora and image is not None and variant in plain_images:
+            changed = float(np.abs(image - plain_images[variant]).mean())
+            result = f"ok, LoRA moved pixels by {changed:.2f}/255 on average"
+        elif not lora and image is not None:
+            plain_images[variant] = image
+        key = (lora,)
+        if loaders == "native":
+            native_s[key] = s_it
+        ratio = f"{s_it / native_s[key]:.2f}" if key in native_s else "-"
+        rows.append((f"comfy {label}", setting, result, f"{s_it:.4f}", ratio, vram, load))
+    return rows
+
+
 def comfy_rows(args, deadline: float) -> list[tuple]:
     bench_e2e, comfy_server, comfy_inprocess = _integration_modules()
     started = time.monotonic()
@@ -408,37 +446,7 @@ def comfy_rows(args, deadline: float) -> list[tuple]:
         try:
             dynamic = "DynamicVRAM support detected and enabled" in server.log_path.read_text(errors="replace")
             setting = f"{mode} (log: DynamicVRAM {'enabled' if dynamic else 'not enabled'})"
-            native_s, plain_images = {}, {}
-            for label, loaders, variant, lora in plan:
-                if time.monotonic() > deadline:
-                    rows.append((f"comfy {label}", setting, "skipped (--time-limit)", "-", "-", "-", "-"))
-                    continue
-                print(f"  {label} ...", flush=True)
-                workflow = comfy_server.zimage_workflow(loaders, names[("unet", variant)], names[("clip", variant)],
-                                                        names[("vae", "all")], size=args.size, steps=args.steps)
-                if lora:
-                    workflow = with_lora(comfy_server, workflow, lora_name)
-                try:
-                    trace, s_it, vram, load = _timed_run(comfy_server, server, workflow,
-                                                         timeout_s=max(30.0, deadline - time.monotonic() + 60))
-                except Exception as error:  # noqa: BLE001
-                    rows.append((f"comfy {label}", setting, f"FAILED: {error}"[:160], "-", "-", "-", "-"))
-                    continue
-                finally:
-                    server.free_models()
-                    time.sleep(1.5)  # the prompt worker acts on /free between prompts
-                result = "ok"
-                image = _output_image(server, trace)
-                if lora and image is not None and variant in plain_images:
-                    changed = float(np.abs(image - plain_images[variant]).mean())
-                    result = f"ok, LoRA moved pixels by {changed:.2f}/255 on average"
-                elif not lora and image is not None:
-                    plain_images[variant] = image
-                key = (lora,)
-                if loaders == "native":
-                    native_s[key] = s_it
-                ratio = f"{s_it / native_s[key]:.2f}" if key in native_s else "-"
-                rows.append((f"comfy {label}", setting, result, f"{s_it:.4f}", ratio, vram, load))
+            rows += _server_rows(comfy_server, server, plan, setting, names, lora_name, args, deadline)
         finally:
             comfy_server.stop_server(server.process)
             shutil.rmtree(base_dir, ignore_errors=True)
