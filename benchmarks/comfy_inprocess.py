@@ -80,6 +80,20 @@ def import_comfy() -> SimpleNamespace:
     return SimpleNamespace(**modules)
 
 
+def import_comfy_with_layouts() -> SimpleNamespace:
+    """import_comfy() with ComfyUI's layers (comfy.ops, comfy.quant_ops) loaded and the pack's GGML
+    layouts registered: the fast path the layout tests run on."""
+    comfy = import_comfy()
+    import comfy.ops  # noqa: F401
+    import comfy.quant_ops  # noqa: F401
+
+    from comfyui_zimage_gguf.ops.comfy_edge import comfy_layout
+
+    assert comfy_layout.available(), "this ComfyUI lacks what the GGML layouts need (ops/comfy_edge/comfy_compat.py)"
+    comfy_layout.register()
+    return comfy
+
+
 def _cache_path(kind: str, params: dict, extension: str) -> Path:
     factory = factory_module("zimage_factory")
     key = json.dumps({"kind": kind, "version": CACHE_VERSION, "params": params}, sort_keys=True)

@@ -25,15 +25,7 @@ GRAD_MODES = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad, 
 
 @pytest.fixture(scope="module")
 def comfy():
-    comfy = inprocess.import_comfy()
-    import comfy.ops  # noqa: F401  (the layers under test)
-    import comfy.quant_ops
-
-    from comfyui_zimage_gguf.ops.comfy_edge import comfy_layout
-
-    assert comfy_layout.available()
-    comfy_layout.register()
-    return comfy
+    return inprocess.import_comfy_with_layouts()
 
 
 def _pack_tensor(ggml_type, shape, dtype=torch.float32, seed=0):

@@ -27,15 +27,7 @@ pytest.importorskip("triton", reason="triton is not installed in ComfyUI's envir
 
 @pytest.fixture(scope="module")
 def comfy():
-    comfy = inprocess.import_comfy()
-    import comfy.ops  # noqa: F401
-    import comfy.quant_ops  # noqa: F401
-
-    from comfyui_zimage_gguf.ops.comfy_edge import comfy_layout
-
-    assert comfy_layout.available()
-    comfy_layout.register()
-    return comfy
+    return inprocess.import_comfy_with_layouts()
 
 
 @pytest.fixture(scope="module")
