@@ -13,7 +13,8 @@ from helpers.kernel_checks import assert_identical, check_all_dtypes, reference,
 
 from comfyui_zimage_gguf.ops import QUANT_TYPES
 from comfyui_zimage_gguf.ops.ggml.kernels import MODULES
-from comfyui_zimage_gguf.ops.ggml.kernels.blocks import ChunkFormat
+from comfyui_zimage_gguf.ops.ggml.kernels import blocks as kernel_blocks
+from comfyui_zimage_gguf.ops.ggml.kernels.blocks import ChunkFormat, gather_runs
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ALL_TYPES = list(QUANT_TYPES)
@@ -63,6 +64,17 @@ def test_many_chunks_with_a_partial_last_chunk(ggml_type):
     check(random_blocks(ggml_type, 13, seed=4), ggml_type, small)
 
 
+@pytest.mark.parametrize("ggml_type", CHUNKED_TYPES, **by_name)
+def test_per_block_state_over_several_spans(ggml_type, monkeypatch):
+    # CPUs compute the scales (block_state) for spans of chunks: 13 blocks in chunks of 4 and
+    # spans of 8 blocks run as spans of 8 and 5, the second ending in a partial chunk.
+    kernel = QUANT_TYPES[ggml_type].kernel
+    per_block = max(kernel.block_size, kernel.widest)
+    small = dataclasses.replace(kernel, cpu_chunk_elements=4 * per_block)
+    monkeypatch.setattr(kernel_blocks, "CPU_STATE_ELEMENTS", 8 * kernel.block_size)
+    check(random_blocks(ggml_type, 13, seed=14), ggml_type, small)
+
+
 @pytest.mark.parametrize("ggml_type", ALL_TYPES, **by_name)
 def test_blocks_at_an_odd_byte_offset(ggml_type):
     # Raw bytes sliced out of a larger buffer (as from a memory-mapped file) need not be aligned.
@@ -99,3 +111,25 @@ def test_random_blocks_are_valid_and_moderate(ggml_type):
     values = reference(raw, ggml_type)
     assert torch.isfinite(values).all()
     assert 0.01 < values.abs().max() < 1.5
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16], ids=str)
+@pytest.mark.parametrize("run", [32, 64])
+def test_gather_runs_makes_a_permuted_view_contiguous(dtype, run):
+    # planes (k, m, c, run) viewed as (m, c, k, run), as the K-quant unpackers return q
+    planes = torch.randint(-100, 100, (4, 7, 3, run)).to(dtype)
+    view = planes.permute(1, 2, 0, 3)
+    gathered = gather_runs(view)
+    assert gathered.is_contiguous() and gathered.dtype == dtype
+    assert torch.equal(gathered, view.contiguous())
+
+
+def test_gather_runs_leaves_what_it_cannot_gather():
+    contiguous = torch.zeros(4, 32, dtype=torch.uint8)
+    assert gather_runs(contiguous) is contiguous
+    short_runs = torch.zeros(2, 5, 12, dtype=torch.uint8).transpose(0, 1)  # 12-byte runs: not int64 words
+    assert gather_runs(short_runs) is short_runs
+    strided_runs = torch.zeros(2, 5, 64, dtype=torch.uint8)[..., :32].transpose(0, 1)  # runs of a wider base
+    assert gather_runs(strided_runs) is strided_runs
+    columns = torch.zeros(32, 8, dtype=torch.uint8).t()  # last dimension not contiguous
+    assert gather_runs(columns) is columns

@@ -57,6 +57,11 @@ QK_K = 256  # elements per block of the K-quants and the other 256-element types
 # types); accelerators: fewer, larger launches.
 CPU_CHUNK_ELEMENTS = 1 << 20
 ACCELERATOR_CHUNK_ELEMENTS = 1 << 24
+# CPUs: elements whose per-block state (ChunkFormat.block_state: the scales) is computed in one go.
+# The scale decoding is a dozen ops on a few values per block: per chunk their overhead cost the
+# K-quants 15-30% of a whole-weight dequantization; at most 16M elements' worth (Q2_K, the
+# largest: 2 x 16 float32 per 256 elements, 8 MB) lives at once.
+CPU_STATE_ELEMENTS = 1 << 24
 
 
 def fused_arithmetic(device: torch.device) -> bool:
@@ -84,9 +89,17 @@ class ChunkFormat:
         """Whether decode writes `dtype` values exactly (float32 always) on `device`."""
         return dtype == torch.float32 or dtype in self.exact_dtypes
 
-    def decode(self, blocks: torch.Tensor, values: torch.Tensor, spare: torch.Tensor | None) -> None:
+    def block_state(self, blocks: torch.Tensor) -> tuple | None:
+        """Per-block values decode needs (tensors of m rows, or None entries), computed for many
+        chunks at once on CPUs, where a chunk's small per-block ops cost more in overhead than
+        in work; None: decode computes everything itself."""
+        return None
+
+    def decode(self, blocks: torch.Tensor, values: torch.Tensor, spare: torch.Tensor | None,
+               state: tuple | None = None) -> None:
         """Write the values of (m, type_size) uint8 blocks into (m, block_size) `values` (float32 or
-        an exact dtype); `spare`, if uses_spare, is a tensor like `values`."""
+        an exact dtype); `spare`, if uses_spare, is a tensor like `values`; `state`, the rows of
+        block_state for these blocks, or None."""
         raise NotImplementedError
 
     def __call__(self, blocks: torch.Tensor, out: torch.Tensor) -> None:
@@ -120,8 +133,13 @@ class BlockFormat(ChunkFormat):
     def writes_exactly(self, dtype: torch.dtype, device: torch.device) -> bool:
         return fused_arithmetic(device) or super().writes_exactly(dtype, device)
 
-    def decode(self, blocks: torch.Tensor, values: torch.Tensor, spare: torch.Tensor | None) -> None:
-        scale, minimum = self.scales(blocks)
+    def block_state(self, blocks: torch.Tensor) -> tuple | None:
+        # contiguous: a broadcast multiply by a strided (m, n_sub, 1) view took twice as long
+        return tuple(None if s is None else s.contiguous() for s in self.scales(blocks))
+
+    def decode(self, blocks: torch.Tensor, values: torch.Tensor, spare: torch.Tensor | None,
+               state: tuple | None = None) -> None:
+        scale, minimum = state if state is not None else self.scales(blocks)
         subtract = self.subtract_min
         q = self.unpack(blocks)
         if isinstance(q, tuple):  # consecutive runs of the block, one scale per block
@@ -132,13 +150,13 @@ class BlockFormat(ChunkFormat):
                 if fused_arithmetic(values.device):
                     scale_into(target, piece, scale, minimum, subtract)
                 else:
-                    target.copy_(piece)
+                    target.copy_(gather_runs(piece))
                 start += size
             if not fused_arithmetic(values.device):  # CPUs: one flat pass over the float32 values
                 scale_into(values, values, scale, minimum, subtract)
             return
         if self.cpu_q_factor is not None and not fused_arithmetic(values.device):
-            values.view(q.shape).copy_(q)
+            values.view(q.shape).copy_(gather_runs(q))
             torch.add(torch.zeros((), device=values.device), values, alpha=self.cpu_q_factor, out=values)
             q = values
         scale_into(values.view(q.shape) if q is not values else values, q, scale, minimum, subtract)
@@ -156,7 +174,7 @@ def scale_into(target: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, minim
         # CPUs: in place on the contiguous float32 values, as few views as possible (each chunk's
         # Python overhead counts at these sizes)
         if q is not target:
-            target.copy_(q)
+            target.copy_(gather_runs(q))
         sub_blocks = target.view(target.shape[0], scale.shape[1], -1)
         sub_blocks.mul_(scale.unsqueeze(-1))
         if minimum is not None and subtract:
@@ -173,6 +191,36 @@ def scale_into(target: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, minim
     else:
         # scale * q - min is scale * q + (-min), bit for bit
         torch.addcmul(_per_element(minimum.neg() if subtract else minimum, q.shape), q, scale, out=target)
+
+
+def gather_runs(q: torch.Tensor) -> torch.Tensor:
+    """A permuted view of contiguous integer planes (CPU), made contiguous in its own order.
+
+    Unpackers return q as a permutation of planes whose last dimension is a run of 8 to 64
+    bytes; copying such a view converts run by run, several times slower than a flat copy
+    (measured 100-200 us vs 25 us for a chunk of 762K elements into float32). Runs that are whole
+    int64 words are gathered instead with one index_select of rows (about 30 us), and the
+    conversion that follows is flat. Anything else is returned as is.
+    """
+    if q.is_contiguous() or q.dim() < 2 or q.stride(-1) != 1:
+        return q
+    run_bytes = q.shape[-1] * q.element_size()
+    lead = q.dim() - 1
+    order = tuple(sorted(range(lead), key=lambda dim: -q.stride(dim)))
+    base = q.permute(*order, lead)
+    if run_bytes % 8 or not base.is_contiguous() or base.data_ptr() % 8:
+        return q
+    index = _run_index(tuple(base.shape[:-1]), order, q.device)
+    rows = base.reshape(-1, q.shape[-1]).view(torch.int64)
+    return rows.index_select(0, index).view(q.dtype).view(q.shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _run_index(base_shape: tuple, order: tuple, device: torch.device) -> torch.Tensor:
+    """Row numbers of contiguous planes of `base_shape` rows, listed in the order of the view that
+    permuted dimension order[k] of it to position k (see gather_runs)."""
+    inverse = tuple(sorted(range(len(order)), key=lambda dim: order[dim]))
+    return torch.arange(math.prod(base_shape), device=device).view(base_shape).permute(inverse).reshape(-1)
 
 
 def dequantize_blocks(blocks: torch.Tensor, out: torch.Tensor, fmt: ChunkFormat) -> None:
@@ -195,19 +243,25 @@ def dequantize_blocks(blocks: torch.Tensor, out: torch.Tensor, fmt: ChunkFormat)
     on_cpu = device.type == "cpu"
     budget = (fmt.cpu_chunk_elements or CPU_CHUNK_ELEMENTS) if on_cpu else ACCELERATOR_CHUNK_ELEMENTS
     rows = max(1, budget // max(block_size, fmt.widest))
-    block_chunks = blocks.split(rows)
-    out_chunks = out.split(rows)
     staged = not fmt.writes_exactly(out.dtype, device)
     values_dtype = torch.float32 if staged else out.dtype
     chunk_shape = (min(rows, n_blocks), block_size)
     scratch = torch.empty(chunk_shape, dtype=torch.float32, device=device) if staged else None
     spare = torch.empty(chunk_shape, dtype=values_dtype, device=device) if fmt.uses_spare else None
-    for block_chunk, target in zip(block_chunks, out_chunks):
-        m = target.shape[0]
-        values = target if scratch is None else scratch[:m]
-        fmt.decode(block_chunk, values, None if spare is None else spare[:m])
-        if staged:
-            target.copy_(values)
+    # CPUs: per-block state (scales) for spans of many chunks at once; accelerators: per chunk
+    span = max(rows, CPU_STATE_ELEMENTS // block_size // rows * rows) if on_cpu else rows
+    for span_start in range(0, n_blocks, span):
+        span_blocks = blocks[span_start : span_start + span]
+        state = fmt.block_state(span_blocks) if on_cpu else None
+        for start in range(0, span_blocks.shape[0], rows):
+            block_chunk = span_blocks[start : start + rows]
+            target = out[span_start + start : span_start + start + rows]
+            m = target.shape[0]
+            values = target if scratch is None else scratch[:m]
+            rows_state = None if state is None else tuple(s if s is None else s[start : start + m] for s in state)
+            fmt.decode(block_chunk, values, None if spare is None else spare[:m], rows_state)
+            if staged:
+                target.copy_(values)
 
 
 def reinterpret(data: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -270,14 +324,19 @@ def _bit_shifts() -> np.ndarray:
 # last dimension. Callers then pick their fields out of the planes with views, and the one op
 # that writes the values reads them in order.
 # - CPUs: uint8 ops on short rows (16 or 32 bytes) fall back to scalar loops, flat ones
-#   vectorise: the planes of the whole (contiguous) `raw` are made as one flat run, then the byte
-#   range is a view; a `raw` that is not contiguous (a permuted view) is copied first.
+#   vectorise: the planes of a contiguous `raw` are made as one flat run. A byte range of whole
+#   32-byte rows is copied out first (one short copy per block), so that its planes are
+#   contiguous and gather_runs can reorder them; other ranges are views of the whole planes
+#   (copying 16-byte rows out cost more than it saved). A `raw` that is not contiguous (a
+#   permuted view) is copied first.
 # - Accelerators: only the byte range is read, in whatever layout `raw` has, and each plane is
 #   written once: the lowest field by a mask, the highest by a shift, the others by both.
 
 def _planes(raw: torch.Tensor, shifts, bits: int, start: int, stop: int | None) -> torch.Tensor:
     mask = (1 << bits) - 1
     if not fused_arithmetic(raw.device):
+        if (raw[..., start:stop].shape[-1]) % 32 == 0:  # rows gather_runs can reorder
+            raw, start, stop = raw[..., start:stop], 0, None
         plane_shifts = shifts(raw.device, torch.uint8)
         planes = raw.reshape(1, -1) >> plane_shifts
         planes &= mask
@@ -314,12 +373,14 @@ def bit_planes(raw: torch.Tensor, start: int = 0, stop: int | None = None) -> to
 def planes_to_blocks(planes: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """(k, m, ...) planes -> tensor with the plane axis moved to `dim`.
 
-    On CPUs a contiguous stack: for rows of 8 or 16 bytes, stacking the planes is cheaper than
-    letting the float32 conversion copy gather them (that copy pays per row, and more so with a
-    dtype change). On accelerators a view: the one op that writes the output reads it in place.
+    A view: on accelerators the one op that writes the output reads it in place; on CPUs the
+    copy into the float32 values gathers its runs first (gather_runs), where rows of 8 or 16 bytes
+    would make a converting copy pay per row. Planes of shorter rows than 32 bytes are stacked into a
+    contiguous tensor instead (measured cheaper than gathering 16-byte rows).
     """
-    if fused_arithmetic(planes.device):
-        return planes.movedim(0, dim)
+    moved = planes.movedim(0, dim)
+    if fused_arithmetic(planes.device) or (planes.shape[-1] * planes.element_size()) % 32 == 0:
+        return moved
     return torch.stack(planes.unbind(0), dim=dim)
 
 
