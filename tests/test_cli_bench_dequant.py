@@ -1,0 +1,18 @@
+"""`bench` (CPU dequantization): every type's row carries the median and the fastest-run ratios to
+a copy_, and the summary names the geometric mean and the worst type of each (issue 16's measure)."""
+import math
+
+from comfyui_zimage_gguf.cli.bench import bench_dequant
+
+
+def test_bench_rows_and_summary(capsys):
+    rows = bench_dequant(["Q4_0", "Q8_0"], 64, 256, 3)
+    assert [row["type"] for row in rows] == ["Q4_0", "Q8_0"]
+    for row in rows:
+        for key in ("x_copy", "x_copy_into", "best_x_copy_into"):
+            assert row[key] > 0 and math.isfinite(row[key])
+    printed = capsys.readouterr().out
+    assert "geometric mean x copy_, fastest runs:" in printed
+    best = [row["best_x_copy_into"] for row in rows]
+    geo = math.exp(sum(map(math.log, best)) / len(best))
+    assert f"geometric mean x copy_, fastest runs: {geo:.2f}; worst: {max(best):.2f}" in printed
