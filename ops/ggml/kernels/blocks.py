@@ -53,9 +53,10 @@ Unpack = Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]]
 QK_K = 256  # elements per block of the K-quants and the other 256-element types
 
 # Elements of the widest intermediate of a chunk. CPU: measured best on 2 cores (smaller
-# chunks pay per-op overhead, which dominates for the per-block scale decoding of the 256-element
-# types); accelerators: fewer, larger launches.
-CPU_CHUNK_ELEMENTS = 1 << 20
+# chunks pay per-op overhead: every op of a chunk starts an OpenMP region; 2M against 1M: 5-30%
+# faster for the legacy, K- and ternary types, in-process A/B, benchmarks/dequant_ab.py);
+# accelerators: fewer, larger launches.
+CPU_CHUNK_ELEMENTS = 1 << 21
 ACCELERATOR_CHUNK_ELEMENTS = 1 << 24
 # CPUs: elements whose per-block state (ChunkFormat.block_state: the scales) is computed in one go.
 # The scale decoding is a dozen ops on a few values per block: per chunk their overhead cost the
