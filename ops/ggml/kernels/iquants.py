@@ -288,13 +288,20 @@ def _iq3_xxs(blocks: torch.Tensor) -> Decoded:
     return [("iq3_xxs", index)], [_odd((aux >> 28) & 15), fp16_field(blocks, 0)]
 
 
-def _iq3_s(blocks: torch.Tensor) -> Decoded:
+def _iq3_s_gathers(blocks: torch.Tensor) -> list:
     grid = _parts("iq3_s_qh", blocks[:, 66:74], torch.int16)  # the 9th grid bit of each row
     grid |= blocks[:, 2:66]
     signs = _parts("nibbles_at_9", blocks[:, 74:106], torch.int16)  # 4 signs per row
     index = torch.bitwise_or(grid, signs, out=torch.empty(grid.shape, dtype=torch.int32, device=grid.device))
-    scales = _parts("nibbles", blocks[:, 106:110], torch.int16)
-    return [("iq3_s", index)], [_odd(scales), fp16_field(blocks, 0)]
+    return [("iq3_s", index)]
+
+
+def _iq3_s_factors(blocks: torch.Tensor) -> list:
+    return [_odd(_parts("nibbles", blocks[:, 106:110], torch.int16)), fp16_field(blocks, 0)]
+
+
+def _iq3_s(blocks: torch.Tensor) -> Decoded:
+    return _iq3_s_gathers(blocks), _iq3_s_factors(blocks)
 
 
 def _iq1_s(blocks: torch.Tensor) -> Decoded:
@@ -345,13 +352,23 @@ def _iq4_nl(blocks: torch.Tensor) -> Decoded:
     return [("iq4", _iq4_codes(blocks[:, 2:18]))], [fp16_field(blocks, 0)]
 
 
-def _iq4_xs(blocks: torch.Tensor) -> Decoded:
-    n = blocks.shape[0]
+def _iq4_xs_scales(blocks: torch.Tensor) -> torch.Tensor:
     scale = _parts("iq4_xs_high_scales", blocks[:, 2:4], torch.int16)  # 6-bit scales, high bits
     scale |= _parts("nibbles", blocks[:, 4:8], torch.int16)
     scale -= 32
-    codes = _iq4_codes(blocks[:, 8:136].reshape(n * 8, 16))
-    return [("iq4", codes)], [scale, fp16_field(blocks, 0)]
+    return scale
+
+
+def _iq4_xs_gathers(blocks: torch.Tensor) -> list:
+    return [("iq4", _iq4_codes(blocks[:, 8:136].reshape(blocks.shape[0] * 8, 16)))]
+
+
+def _iq4_xs_factors(blocks: torch.Tensor) -> list:
+    return [_iq4_xs_scales(blocks), fp16_field(blocks, 0)]
+
+
+def _iq4_xs(blocks: torch.Tensor) -> Decoded:
+    return _iq4_xs_gathers(blocks), _iq4_xs_factors(blocks)
 
 
 # --- decoders of the accelerator path: one gather, a reordering view, one multiply -------------
@@ -504,6 +521,15 @@ class IQuantFormat(ChunkFormat):
     decoder: Callable[[torch.Tensor], Decoded]
     # the accelerator path's decoder (see _decode_fused)
     fused_decoder: Callable[[torch.Tensor], FusedDecoded]
+    # CPUs: the decoder split in two, (blocks -> its gathers, blocks -> its factors), where the
+    # factors cost a dozen small ops per chunk: block_state computes them for many chunks at once
+    # (IQ4_XS: 10-13% faster whole-weight, in-process A/B)
+    split_decoder: tuple[Callable[[torch.Tensor], list], Callable[[torch.Tensor], list]] | None = None
+
+    def block_state(self, blocks: torch.Tensor) -> tuple | None:
+        if self.split_decoder is None:
+            return None
+        return tuple(factor.contiguous() for factor in self.split_decoder[1](blocks))
 
     def writes_exactly(self, dtype: torch.dtype, device: torch.device) -> bool:
         return shared.fused_arithmetic(device) or super().writes_exactly(dtype, device)
@@ -512,11 +538,15 @@ class IQuantFormat(ChunkFormat):
                state: tuple | None = None) -> None:
         if shared.fused_arithmetic(values.device):
             _decode_fused(self.fused_decoder, blocks, values)
+        elif state is not None:
+            gathers = self.split_decoder[0](blocks)
+            _decode_into(lambda _: (gathers, list(state)), blocks, values, spare)
         else:
             _decode_into(self.decoder, blocks, values, spare)
 
 
-def _format(ggml_type, decoder, float16_direct: bool, sign_gather: bool = False, fused_decoder=None):
+def _format(ggml_type, decoder, float16_direct: bool, sign_gather: bool = False, fused_decoder=None,
+            split_decoder=None):
     """(kernel, random blocks) of an I-quant. `float16_direct`: float16 is computed in float16
     (exact for that decoder); otherwise, and for bfloat16, the driver computes in float32 and
     casts once. `sign_gather`: the decoder's signs are a second gather, which needs the driver's
@@ -525,7 +555,7 @@ def _format(ggml_type, decoder, float16_direct: bool, sign_gather: bool = False,
         GGML_QUANT_SIZES[ggml_type][0], decoder=decoder, fused_decoder=fused_decoder or _single_gather(decoder),
         uses_spare=sign_gather,
         exact_dtypes=frozenset({torch.float16}) if float16_direct else frozenset(),
-        cpu_chunk_elements=CPU_CHUNK_WEIGHTS,
+        cpu_chunk_elements=CPU_CHUNK_WEIGHTS, split_decoder=split_decoder,
     )
     return kernel, _random_blocks(ggml_type)
 
@@ -537,8 +567,9 @@ TYPES = {
     _Q.IQ2_XS: _format(_Q.IQ2_XS, _iq2_xs, float16_direct=True, sign_gather=True, fused_decoder=_iq2_xs_fused),
     _Q.IQ2_S: _format(_Q.IQ2_S, _iq2_s, float16_direct=True, sign_gather=True, fused_decoder=_iq2_s_fused),
     _Q.IQ3_XXS: _format(_Q.IQ3_XXS, _iq3_xxs, float16_direct=True),
-    _Q.IQ3_S: _format(_Q.IQ3_S, _iq3_s, float16_direct=True),
+    _Q.IQ3_S: _format(_Q.IQ3_S, _iq3_s, float16_direct=True, split_decoder=(_iq3_s_gathers, _iq3_s_factors)),
     _Q.IQ4_NL: _format(_Q.IQ4_NL, _iq4_nl, float16_direct=True, fused_decoder=_iq4_nl_fused),
     # (s - 32) x codebook value can need 12 significant bits: float16 cannot hold the factor
-    _Q.IQ4_XS: _format(_Q.IQ4_XS, _iq4_xs, float16_direct=False, fused_decoder=_iq4_xs_fused),
+    _Q.IQ4_XS: _format(_Q.IQ4_XS, _iq4_xs, float16_direct=False, fused_decoder=_iq4_xs_fused,
+                       split_decoder=(_iq4_xs_gathers, _iq4_xs_factors)),
 }
