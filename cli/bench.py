@@ -50,7 +50,46 @@ def _interleaved_samples(timed) -> list[list[float]]:
     return samples
 
 
-def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
+def _type_runs(name: str, rows: int, cols: int, rng: np.random.Generator, baseline_src, copy_target, out) -> list:
+    """The functions timed for one type, in rotation: (function, runs as a fraction of repeat)."""
+    ggml_type = GGMLQuantizationType[name]
+    qt = QUANT_TYPES[ggml_type]
+    # Rows of the weight, as a GGUF file stores them: gguf-py works through 16 rows at a
+    # time, so handing it one row per block would time its Python loop, not its maths.
+    raw = qt.random_blocks(rows * cols // qt.block_size, rng).reshape(rows, -1)
+    data = torch.from_numpy(raw).reshape(-1)
+    # to the same float16 output (gguf-py returns float32; for F32 a zero-copy view); gguf-py
+    # 0.19 has no class for Q1_0: its numpy column stays empty
+    with_numpy = ggml_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16) or ggml_type in gguf_quants._type_traits
+    return [
+        (lambda: dequantize(data, ggml_type, (rows, cols), torch.float16), 1),
+        (baseline_src.clone, 1),
+        (lambda: dequantize(data, ggml_type, (rows, cols), torch.float16, out=out), 1),
+        (lambda: copy_target.copy_(baseline_src), 1),
+        *([(lambda: gguf_quants.dequantize(raw, ggml_type).astype(np.float16), 1 / 3)] if with_numpy else []),
+    ]
+
+
+def _row(name: str, samples: list[list[float]], out_bytes: int) -> dict:
+    seconds, type_copy_s, out_s, copy_into_s, *numpy_s = [statistics.median(times) for times in samples]
+    numpy_s = numpy_s[0] if numpy_s else math.nan
+    return {
+        "type": name,
+        "ms": seconds * 1e3,
+        "gbps": out_bytes / seconds / 1e9,
+        "x_copy": seconds / type_copy_s,
+        "out_ms": out_s * 1e3,
+        "x_copy_into": out_s / copy_into_s,
+        # the fastest run of each side: what a quiet machine gives (load only ever adds time)
+        "best_x_copy_into": min(samples[2]) / min(samples[3]),
+        "numpy_ms": numpy_s * 1e3,
+        "vs_numpy": numpy_s / seconds,
+    }
+
+
+def bench_dequant(type_names, rows: int, cols: int, repeat: int, passes: int = 1) -> list[dict]:
+    """Time every type `repeat` rounds per pass; `passes` > 1 goes through all the types again,
+    spreading each type's runs over the whole benchmark (a better chance of quiet moments)."""
     n_elements = rows * cols
     baseline_src = torch.randn(n_elements, dtype=torch.float16)
     copy_s = _median_seconds(lambda: baseline_src.clone(), repeat)
@@ -61,55 +100,42 @@ def bench_dequant(type_names, rows: int, cols: int, repeat: int) -> list[dict]:
     out = torch.empty((rows, cols), dtype=torch.float16)
     header = (f"{'type':8} {'ms':>9} {'GB/s':>7} {'x copy':>7} {'out ms':>9} {'x copy_':>8} {'best':>6} "
               f"{'numpy ms':>10} {'vs numpy':>9}")
-    print(header)
-    print("-" * len(header))
-    rng = np.random.default_rng(0)
-    results = []
-    for name in type_names:
-        ggml_type = GGMLQuantizationType[name]
-        qt = QUANT_TYPES[ggml_type]
-        n_blocks = n_elements // qt.block_size
-        # Rows of the weight, as a GGUF file stores them: gguf-py works through 16 rows at a
-        # time, so handing it one row per block would time its Python loop, not its maths.
-        raw = qt.random_blocks(n_blocks, rng).reshape(rows, -1)
-        data = torch.from_numpy(raw).reshape(-1)
-        # to the same float16 output (gguf-py returns float32; for F32 a zero-copy view); gguf-py
-        # 0.19 has no class for Q1_0: its numpy column stays empty
-        with_numpy = ggml_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16) or ggml_type in gguf_quants._type_traits
-        samples = _interleaved_samples([
-            (lambda: dequantize(data, ggml_type, (rows, cols), torch.float16), repeat),
-            (baseline_src.clone, repeat),
-            (lambda: dequantize(data, ggml_type, (rows, cols), torch.float16, out=out), repeat),
-            (lambda: copy_target.copy_(baseline_src), repeat),
-            *([(lambda: gguf_quants.dequantize(raw, ggml_type).astype(np.float16), max(1, repeat // 3))] if with_numpy else []),
-        ])
-        seconds, type_copy_s, out_s, copy_into_s, *numpy_s = [statistics.median(times) for times in samples]
-        numpy_s = numpy_s[0] if numpy_s else math.nan
-        row = {
-            "type": name,
-            "ms": seconds * 1e3,
-            "gbps": out_bytes / seconds / 1e9,
-            "x_copy": seconds / type_copy_s,
-            "out_ms": out_s * 1e3,
-            "x_copy_into": out_s / copy_into_s,
-            # the fastest run of each side: what a quiet machine gives (load only ever adds time)
-            "best_x_copy_into": min(samples[2]) / min(samples[3]),
-            "numpy_ms": numpy_s * 1e3,
-            "vs_numpy": numpy_s / seconds,
-        }
-        results.append(row)
-        print(
-            f"{name:8} {row['ms']:9.2f} {row['gbps']:7.2f} {row['x_copy']:7.2f} {row['out_ms']:9.2f} "
-            f"{row['x_copy_into']:8.2f} {row['best_x_copy_into']:6.2f} {row['numpy_ms']:10.1f} {row['vs_numpy']:8.1f}x",
-            flush=True,
-        )
+    samples = {}
+    for pass_index in range(passes):
+        if passes > 1:
+            print(f"pass {pass_index + 1} of {passes}", flush=True)
+        elif pass_index == 0:
+            print(f"{header}\n{'-' * len(header)}")
+        for name in type_names:
+            timed = _type_runs(name, rows, cols, np.random.default_rng(0), baseline_src, copy_target, out)
+            new = _interleaved_samples([(fn, max(1, round(repeat * share))) for fn, share in timed])
+            samples[name] = [a + b for a, b in zip(samples[name], new)] if name in samples else new
+            if passes == 1:
+                _print_row(_row(name, samples[name], out_bytes))
+    results = [_row(name, samples[name], out_bytes) for name in type_names]
+    if passes > 1:
+        print(f"{header}\n{'-' * len(header)}")
+        for row in results:
+            _print_row(row)
+    _print_summary(results)
+    return results
+
+
+def _print_row(row: dict) -> None:
+    print(
+        f"{row['type']:8} {row['ms']:9.2f} {row['gbps']:7.2f} {row['x_copy']:7.2f} {row['out_ms']:9.2f} "
+        f"{row['x_copy_into']:8.2f} {row['best_x_copy_into']:6.2f} {row['numpy_ms']:10.1f} {row['vs_numpy']:8.1f}x",
+        flush=True,
+    )
+
+
+def _print_summary(results: list[dict]) -> None:
     for key, label in (("x_copy", "x copy"), ("x_copy_into", "x copy_"), ("best_x_copy_into", "x copy_, fastest runs")):
         ratios = [r[key] for r in results]
         if ratios:
             geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
             worst = max(ratios)
             print(f"geometric mean {label}: {geo:.2f}; worst: {worst:.2f} ({results[ratios.index(worst)]['type']})")
-    return results
 
 
 def run_bench(args) -> int:
@@ -127,7 +153,7 @@ def run_bench(args) -> int:
         return run_gpu_check(args)
     rows, cols = (int(v) for v in args.shape.lower().split("x"))
     names = args.types or [t.name for t in QUANT_TYPES]
-    bench_dequant(names, rows, cols, args.repeat)
+    bench_dequant(names, rows, cols, args.repeat, getattr(args, "passes", 1))
     if not args.skip_open:
         from .bench_open import run_open_bench
 

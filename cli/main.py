@@ -29,6 +29,8 @@ def add_bench_parser(subparsers) -> None:
     bench.add_argument("--types", nargs="*", help="GGML type names (default: all)")
     bench.add_argument("--shape", default="10240x3840", help="weight shape ROWSxCOLS (default 10240x3840)")
     bench.add_argument("--repeat", type=int, default=7)
+    bench.add_argument("--passes", type=int, default=1,
+                       help="go through all the types this many times (each type's runs spread over the whole run)")
     bench.add_argument("--skip-open", action="store_true", help="skip the Qwen3-4B-shaped open benchmark")
     bench.add_argument("--cache-dir", default=None, help="where to keep the generated benchmark GGUF")
     add_gpu_check_arguments(bench)

@@ -16,3 +16,10 @@ def test_bench_rows_and_summary(capsys):
     best = [row["best_x_copy_into"] for row in rows]
     geo = math.exp(sum(map(math.log, best)) / len(best))
     assert f"geometric mean x copy_, fastest runs: {geo:.2f}; worst: {max(best):.2f}" in printed
+
+
+def test_bench_passes_pool_the_runs_of_every_pass(capsys):
+    rows = bench_dequant(["Q4_0"], 64, 256, 2, passes=3)
+    printed = capsys.readouterr().out
+    assert "pass 3 of 3" in printed and printed.count("Q4_0 ") == 1  # one table, after the passes
+    assert rows[0]["best_x_copy_into"] > 0
