@@ -1,4 +1,4 @@
-"""`bench` (CPU dequantization): every type's row carries the median and the fastest-run ratios to
+"""`bench` (CPU dequantization): every type's row carries the median-round and best-round ratios to
 a copy_, and the summary names the geometric mean and the worst type of each (issue 16's measure)."""
 import math
 
@@ -12,10 +12,10 @@ def test_bench_rows_and_summary(capsys):
         for key in ("x_copy", "x_copy_into", "best_x_copy_into"):
             assert row[key] > 0 and math.isfinite(row[key])
     printed = capsys.readouterr().out
-    assert "geometric mean x copy_, fastest runs:" in printed
+    assert "geometric mean x copy_, best round:" in printed
     best = [row["best_x_copy_into"] for row in rows]
     geo = math.exp(sum(map(math.log, best)) / len(best))
-    assert f"geometric mean x copy_, fastest runs: {geo:.2f}; worst: {max(best):.2f}" in printed
+    assert f"geometric mean x copy_, best round: {geo:.2f}; worst: {max(best):.2f}" in printed
 
 
 def test_bench_passes_pool_the_runs_of_every_pass(capsys):
