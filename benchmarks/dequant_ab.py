@@ -8,8 +8,9 @@ alternating rounds: load from other tenants of the machine moves both alike. Eac
 `copy_` of the output's size, the base and the working tree.
 
 - default: a 10240x3840 weight to float16 into a preallocated `out` (issue 16's measure); prints
-  per type the fastest run of each side and its ratio to the fastest `copy_`, then the geometric
-  mean and the worst ratio of each side. Outputs are checked bit-identical first.
+  per type the fastest run of each side and the median over rounds of its ratio to that round's
+  `copy_`, then the geometric mean and the worst ratio of each side. Outputs are checked
+  bit-identical first.
 - `--slab DTYPE`: the CPU slab Linear instead (ops/runtime/linear.py: one Z-Image block's five
   Linears on 96 input rows), median and fastest of each side, results checked bit-identical.
 
@@ -49,7 +50,7 @@ def import_base(revision: str, folder: Path):
     return importlib.import_module("zbase")
 
 
-def _fastest(fns, rounds: int) -> list[list[float]]:
+def _rounds(fns, rounds: int) -> list[list[float]]:
     for fn in fns:
         fn()
     times = [[] for _ in fns]
@@ -79,11 +80,14 @@ def dequant_ab(base, names, rounds: int) -> None:
         run_new()
         if not torch.equal(expected.view(torch.int16), out.view(torch.int16)):
             raise SystemExit(f"{name}: the working tree's output differs from the base's")
-        copy_s, base_s, new_s = (min(t) for t in _fastest([lambda: dst.copy_(src), run_base, run_new], rounds))
-        ratios["base"].append(base_s / copy_s)
-        ratios["new"].append(new_s / copy_s)
-        print(f"{name:8} base {base_s * 1e3:7.2f} ms  new {new_s * 1e3:7.2f} ms  copy_ {copy_s * 1e3:5.2f} ms  "
-              f"x copy_ {base_s / copy_s:5.2f} -> {new_s / copy_s:5.2f}", flush=True)
+        copies, base_t, new_t = _rounds([lambda: dst.copy_(src), run_base, run_new], rounds)
+        # per round, each side over the copy_ of the same round (the same moment's load)
+        base_r = statistics.median(b / c for b, c in zip(base_t, copies))
+        new_r = statistics.median(n / c for n, c in zip(new_t, copies))
+        ratios["base"].append(base_r)
+        ratios["new"].append(new_r)
+        print(f"{name:8} fastest: base {min(base_t) * 1e3:7.2f} ms  new {min(new_t) * 1e3:7.2f} ms  "
+              f"copy_ {min(copies) * 1e3:5.2f} ms;  x copy_ (median round) {base_r:5.2f} -> {new_r:5.2f}", flush=True)
     for side, values in ratios.items():
         geo = math.exp(sum(map(math.log, values)) / len(values))
         worst = max(values)
@@ -109,7 +113,7 @@ def slab_ab(base, names, rounds: int, dtype: torch.dtype) -> None:
         with torch.inference_mode():
             if not all(torch.equal(a, b) for a, b in zip(sides[0](), sides[1]())):
                 raise SystemExit(f"{name}: the working tree's slab Linear differs from the base's")
-            base_t, new_t = _fastest(sides, rounds)
+            base_t, new_t = _rounds(sides, rounds)
         print(f"{name:8} slab Linear {dtype}: base median {statistics.median(base_t) * 1e3:6.1f} ms "
               f"(fastest {min(base_t) * 1e3:6.1f})  new median {statistics.median(new_t) * 1e3:6.1f} ms "
               f"(fastest {min(new_t) * 1e3:6.1f})", flush=True)
