@@ -111,6 +111,16 @@ def test_chunked_run_covers_every_block_including_a_short_last_chunk(ggml_type, 
     assert same_bits(got, reference(raw, ggml_type).to(dtype))
 
 
+@pytest.mark.parametrize("piece_rows", [1, 3, 13, 64])
+def test_iq4_xs_float16_scaled_in_float32_pieces(piece_rows, monkeypatch):
+    # IQ4_XS to float16 on CPUs: gathered into the output, then scaled through float32 pieces of
+    # piece_rows blocks (the last one short): every piece, rounded once, as gguf-py's float32 cast
+    monkeypatch.setattr(iquants, "_FLOAT32_PIECE_ROWS", piece_rows)
+    raw = QUANT_TYPES[Q.IQ4_XS].random_blocks(13, np.random.default_rng(21))
+    got = kernel(Q.IQ4_XS, raw, torch.float16)
+    assert same_bits(got, reference(raw, Q.IQ4_XS).half())
+
+
 @pytest.mark.parametrize("ggml_type", IQUANTS, ids=lambda t: t.name)
 def test_code_paths_for_other_devices_give_the_same_result(ggml_type, monkeypatch):
     # on CPU rows are moved as single 8/16-byte words (complex128 among them); MPS has no

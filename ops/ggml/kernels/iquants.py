@@ -446,6 +446,27 @@ def _decode_fused(decode, blocks: torch.Tensor, values: torch.Tensor) -> None:
 # --- the format the shared driver runs --------------------------------------------------------
 
 
+# rows of a float32 piece in _scale_float16_in_pieces: 2048 x 256 weights, 2 MB (in cache)
+_FLOAT32_PIECE_ROWS = 2048
+
+
+def _scale_float16_in_pieces(gathers, factors, values: torch.Tensor) -> None:
+    """float16 `values` = gathered rows x the product of the factors, computed in float32 and
+    rounded once: the rows (exact in float16) are gathered into `values` itself, then each piece
+    goes through a small float32 scratch that stays in cache, instead of a whole float32 chunk."""
+    (table_name, index), = gathers
+    _gather(_table(table_name, values.device, torch.float16), index, values)
+    factor = functools.reduce(torch.mul, [f.float() for f in factors])
+    n, groups = values.shape[0], factor.shape[1]
+    scratch = torch.empty((min(n, _FLOAT32_PIECE_ROWS), values.shape[1]), dtype=torch.float32, device=values.device)
+    for start in range(0, n, _FLOAT32_PIECE_ROWS):
+        piece = values[start : start + _FLOAT32_PIECE_ROWS]
+        work = scratch[: piece.shape[0]]
+        work.copy_(piece)
+        work.view(work.shape[0], groups, -1).mul_(factor[start : start + piece.shape[0]].unsqueeze(-1))
+        piece.copy_(work)
+
+
 _SIGN_BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32}
 
 
@@ -549,13 +570,21 @@ class IQuantFormat(ChunkFormat):
             return None
         return tuple(factor.contiguous() for factor in self.split_decoder[1](blocks))
 
+    # CPUs, a type computed in float32 (IQ4_XS): float16 output gathered straight into the output,
+    # then scaled through a float32 scratch piece by piece (see _scale_float16_in_pieces)
+    float16_in_pieces: bool = False
+
     def writes_exactly(self, dtype: torch.dtype, device: torch.device) -> bool:
-        return shared.fused_arithmetic(device) or super().writes_exactly(dtype, device)
+        return (shared.fused_arithmetic(device) or super().writes_exactly(dtype, device)
+                or (self.float16_in_pieces and dtype == torch.float16))
 
     def decode(self, blocks: torch.Tensor, values: torch.Tensor, spare: torch.Tensor | None,
                state: tuple | None = None) -> None:
         if shared.fused_arithmetic(values.device):
             _decode_fused(self.fused_decoder, blocks, values)
+        elif self.float16_in_pieces and values.dtype == torch.float16:
+            gathers, factors = self.decoder(blocks) if state is None else (self.split_decoder[0](blocks), list(state))
+            _scale_float16_in_pieces(gathers, factors, values)
         elif state is not None:
             gathers = self.split_decoder[0](blocks)
             _decode_into(lambda _: (gathers, list(state)), blocks, values, spare)
@@ -564,7 +593,7 @@ class IQuantFormat(ChunkFormat):
 
 
 def _format(ggml_type, decoder, float16_direct: bool, sign_gather: bool = False, fused_decoder=None,
-            split_decoder=None):
+            split_decoder=None, float16_in_pieces: bool = False):
     """(kernel, random blocks) of an I-quant. `float16_direct`: float16 is computed in float16
     (exact for that decoder); otherwise, and for bfloat16, the driver computes in float32 and
     casts once. `sign_gather`: the decoder's signs are a second gather, which needs the driver's
@@ -573,7 +602,7 @@ def _format(ggml_type, decoder, float16_direct: bool, sign_gather: bool = False,
         GGML_QUANT_SIZES[ggml_type][0], decoder=decoder, fused_decoder=fused_decoder or _single_gather(decoder),
         uses_spare=sign_gather,
         exact_dtypes=frozenset({torch.float16}) if float16_direct else frozenset(),
-        cpu_chunk_elements=CPU_CHUNK_WEIGHTS, split_decoder=split_decoder,
+        cpu_chunk_elements=CPU_CHUNK_WEIGHTS, split_decoder=split_decoder, float16_in_pieces=float16_in_pieces,
     )
     return kernel, _random_blocks(ggml_type)
 
@@ -589,5 +618,5 @@ TYPES = {
     _Q.IQ4_NL: _format(_Q.IQ4_NL, _iq4_nl, float16_direct=True, fused_decoder=_iq4_nl_fused),
     # (s - 32) x codebook value can need 12 significant bits: float16 cannot hold the factor
     _Q.IQ4_XS: _format(_Q.IQ4_XS, _iq4_xs, float16_direct=False, fused_decoder=_iq4_xs_fused,
-                       split_decoder=(_iq4_xs_gathers, _iq4_xs_factors)),
+                       split_decoder=(_iq4_xs_gathers, _iq4_xs_factors), float16_in_pieces=True),
 }
