@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from gguf import GGML_QUANT_SIZES
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from helpers.kernel_checks import assert_identical, check_all_dtypes, reference, run_kernel
 
@@ -133,3 +133,19 @@ def test_gather_runs_leaves_what_it_cannot_gather():
     assert gather_runs(strided_runs) is strided_runs
     columns = torch.zeros(32, 8, dtype=torch.uint8).t()  # last dimension not contiguous
     assert gather_runs(columns) is columns
+
+
+@pytest.mark.parametrize("piece", [1, 5, 64])
+def test_bf16_to_float16_in_float32_pieces_is_torchs_conversion(piece, monkeypatch):
+    # CPUs convert BF16 weights to float16 through float32 pieces: every bit pattern, pieces
+    # with a short last one, against torch's direct bfloat16 -> float16 copy
+    from comfyui_zimage_gguf.ops.ggml.kernels import legacy
+
+    monkeypatch.setattr(legacy, "_FLOAT32_PIECE", piece)
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    got = QUANT_TYPES[GGMLQuantizationType.BF16]
+    out = torch.empty(every.numel(), dtype=torch.float16)
+    got.kernel(every.view(torch.uint8).view(-1, 2), out.view(-1, 1))
+    expected = every.to(torch.float16)
+    same = (out.view(torch.int16) == expected.view(torch.int16)) | (out.isnan() & expected.isnan())
+    assert bool(same.all())
