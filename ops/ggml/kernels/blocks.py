@@ -216,7 +216,7 @@ def gather_runs(q: torch.Tensor) -> torch.Tensor:
     return rows.index_select(0, index).view(q.dtype).view(q.shape)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)  # one index per chunk shape: a few hundred KB each
 def _run_index(base_shape: tuple, order: tuple, device: torch.device) -> torch.Tensor:
     """Row numbers of contiguous planes of `base_shape` rows, listed in the order of the view that
     permuted dimension order[k] of it to position k (see gather_runs)."""
