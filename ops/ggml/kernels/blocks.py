@@ -130,6 +130,9 @@ class BlockFormat(ChunkFormat):
     # Set where the CPU unpack returns q times 1 / this, as float16 (exactly; FP4): decode
     # multiplies it back first, adding +0, which also turns a -0 from a bare sign bit into +0.
     cpu_q_factor: float | None = None
+    # Whether that factor may go into the scale instead (one pass less): exact where scale * factor
+    # stays a normal float32 for every block (NVFP4; not MXFP4, whose scales reach 2^127).
+    cpu_q_factor_in_scale: bool = False
 
     def writes_exactly(self, dtype: torch.dtype, device: torch.device) -> bool:
         return fused_arithmetic(device) or super().writes_exactly(dtype, device)
@@ -158,7 +161,10 @@ class BlockFormat(ChunkFormat):
             return
         if self.cpu_q_factor is not None and not fused_arithmetic(values.device):
             values.view(q.shape).copy_(gather_runs(q))
-            torch.add(torch.zeros((), device=values.device), values, alpha=self.cpu_q_factor, out=values)
+            if self.cpu_q_factor_in_scale:
+                scale = scale * self.cpu_q_factor
+            else:
+                torch.add(torch.zeros((), device=values.device), values, alpha=self.cpu_q_factor, out=values)
             q = values
         scale_into(values.view(q.shape) if q is not values else values, q, scale, minimum, subtract)
 

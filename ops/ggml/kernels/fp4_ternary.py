@@ -203,6 +203,7 @@ TYPES = {
     # 1M-element chunks on CPUs: their int16 decoding ran 5-10% slower in the 2M default (measured in-process)
     T.MXFP4: (BlockFormat(32, scales=_scales_mxfp4, unpack=_unpack_mxfp4, cpu_q_factor=2.0**15,
                           cpu_chunk_elements=1 << 20), _random_mxfp4),
+    # NVFP4's halved scales are at most 224 and at least 2^-10 (or 0): times 2^15 stays exact
     T.NVFP4: (BlockFormat(64, scales=_scales_nvfp4, unpack=_unpack_nvfp4, cpu_q_factor=2.0**15,
-                          cpu_chunk_elements=1 << 20), _random_nvfp4),
+                          cpu_q_factor_in_scale=True, cpu_chunk_elements=1 << 20), _random_nvfp4),
 }
