@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 import comfyui_zimage_gguf as new_pack
+from comfyui_zimage_gguf.cli.bench import _interleaved_samples
 
 ROWS, COLS = 10240, 3840
 SLAB_SHAPES = [(11520, 3840), (3840, 3840), (10240, 3840), (3840, 10240), (10240, 3840)]
@@ -51,15 +51,8 @@ def import_base(revision: str, folder: Path):
 
 
 def _rounds(fns, rounds: int) -> list[list[float]]:
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(rounds):
-        for fn, samples in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - start)
-    return times
+    """Seconds of each function per round, in rotation after one warm-up call each (bench's own loop)."""
+    return _interleaved_samples([(fn, rounds) for fn in fns])
 
 
 def dequant_ab(base, names, rounds: int) -> None:
